@@ -1,0 +1,36 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+# Torch first, pinned to the wheels this project is tested with; override for another CUDA/CPU build.
+TORCH_PACKAGES ?= torch==2.14.1 torchvision==0.29.1
+DEMO_DIR ?= saved/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow lint install clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_PACKAGES)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) -m xcos train -tc configs/demo_synthetic.json --out $(DEMO_DIR)
+	$(PY) -m xcos test -tc configs/demo_synthetic.json -p $(DEMO_DIR)/checkpoints/best.pth --out $(DEMO_DIR)/test
+
+test: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) saved data/synthfaces .pytest_cache

@@ -1,0 +1,57 @@
+"""xcos: explainable face verification with the xCos metric.
+
+Public API: ``load_config``, ``build_model``, ``Trainer``, ``run_test`` and the registries.
+"""
+
+from xcos.config import Config, ConfigError, load_config
+from xcos.registry import (
+    BACKBONES,
+    DATASETS,
+    HEADS,
+    IDENTITY_HEADS,
+    LOSSES,
+    METRICS,
+    OPTIMIZERS,
+    PAIR_SETS,
+    SCHEDULERS,
+    TARGETS,
+)
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Heavy parts load on first use, so `import xcos` stays cheap.
+    if name == "build_model":
+        from xcos.models.xcos_model import build_model
+
+        return build_model
+    if name == "Trainer":
+        from xcos.engine.trainer import Trainer
+
+        return Trainer
+    if name == "run_test":
+        from xcos.engine.tester import run_test
+
+        return run_test
+    raise AttributeError(f"module 'xcos' has no attribute {name!r}")
+
+
+__all__ = [
+    "BACKBONES",
+    "DATASETS",
+    "HEADS",
+    "IDENTITY_HEADS",
+    "LOSSES",
+    "METRICS",
+    "OPTIMIZERS",
+    "PAIR_SETS",
+    "SCHEDULERS",
+    "TARGETS",
+    "Config",
+    "ConfigError",
+    "Trainer",
+    "build_model",
+    "load_config",
+    "run_test",
+]

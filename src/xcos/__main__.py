@@ -1,0 +1,5 @@
+import sys
+
+from xcos.cli import main
+
+sys.exit(main())

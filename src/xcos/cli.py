@@ -1,0 +1,203 @@
+"""Command line: ``xcos train|test|synth`` and the classic ``python main.py -tc config.json``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from xcos.config import Config, ConfigError, config_diff, load_config, merge_layers
+
+log = logging.getLogger("xcos")
+
+COMMANDS = ("train", "test", "synth")
+
+
+def run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-tc", "--template-config", required=True, help="template config (JSON)")
+    parser.add_argument(
+        "-sc",
+        "--specified-configs",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="configs merged over the template, later ones win",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set trainer.epochs=3 (value parsed as JSON, else string)",
+    )
+    parser.add_argument("-p", "--pretrained", help="weights to load non-strictly (test: required)")
+    parser.add_argument("-r", "--resume", help="training checkpoint to resume exactly")
+    parser.add_argument("--out", help="run directory (default: saved/<name>/<timestamp>/)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xcos", description="Explainable face verification with xCos."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("train", "train a model"), ("test", "test weights on pair sets")):
+        run_arguments(commands.add_parser(name, help=text, description=text))
+    synth = commands.add_parser("synth", help="generate the SynthFaces data set")
+    synth.add_argument("--out", required=True, help="folder to write the data set into")
+    synth.add_argument(
+        "--config", help="take the generator settings from this config's data.synthetic"
+    )
+    synth.add_argument("--seed", type=int, help="generator seed (overrides the config)")
+    synth.add_argument("--debug", action="store_true")
+    return parser
+
+
+def classic_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="main.py", description="xCos training and testing.")
+    run_arguments(parser)
+    parser.add_argument("--mode", choices=("train", "test"), default="train")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``xcos`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        args = build_parser().parse_args(argv)
+    else:
+        args = classic_parser().parse_args(argv)
+        args.command = args.mode
+    try:
+        return dispatch(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one clear line for user errors; --debug shows the traceback
+        if getattr(args, "debug", False) or not is_user_error(err):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        close_logging()
+
+
+def is_user_error(err: Exception) -> bool:
+    from xcos.data.image_folder import DataError
+    from xcos.data.images import BadImageError
+    from xcos.engine.trainer import NonFiniteLossError
+
+    user_errors = (ConfigError, DataError, BadImageError, NonFiniteLossError, FileNotFoundError)
+    return isinstance(err, user_errors) or type(err) in (ValueError, RuntimeError, KeyError)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "synth":
+        return synth_command(args)
+    base, _ = merge_layers(args.template_config)
+    config = load_config(args.template_config, args.specified_configs, args.overrides)
+    run_dir = choose_run_dir(args, config)
+    setup_logging(run_dir)
+    changes = config_diff(base, config.raw)
+    log.info(
+        "config %s%s",
+        args.template_config,
+        "".join(f"\n  {line}" for line in changes) or " (unchanged)",
+    )
+    (run_dir / "config.json").write_text(json.dumps(config.raw, indent=2) + "\n")
+    from xcos.engine.runtime import resolve_device
+
+    device = resolve_device(args.device)
+    log.info("run directory %s, device %s", run_dir, device)
+    prepare_data(config)
+    if args.command == "train":
+        return train_command(args, config, run_dir, device)
+    return test_command(args, config, run_dir, device)
+
+
+def choose_run_dir(args: argparse.Namespace, config: Config) -> Path:
+    if args.out:
+        run_dir = Path(args.out)
+    elif args.resume and Path(args.resume).parent.name == "checkpoints":
+        run_dir = Path(args.resume).parent.parent  # continue in the run being resumed
+    else:
+        run_dir = Path("saved") / config.name / time.strftime("%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def close_logging() -> None:
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+
+
+def setup_logging(run_dir: Path) -> None:
+    log.setLevel(logging.INFO)
+    close_logging()
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    to_file = logging.FileHandler(run_dir / "log.txt")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(console)
+    log.addHandler(to_file)
+
+
+def prepare_data(config: Config) -> None:
+    """Generate the synthetic data set when the config asks for one (reused when present)."""
+    if config.data.synthetic is not None:
+        from xcos.registry import GENERATORS
+
+        GENERATORS.build(config.data.synthetic, "data.synthetic")
+
+
+def train_command(args, config: Config, run_dir: Path, device) -> int:
+    from xcos.engine.trainer import Trainer
+
+    trainer = Trainer(config, run_dir, device, resume=args.resume, weights=args.pretrained)
+    trainer.fit()
+    log.info(
+        "checkpoints: %s and %s",
+        run_dir / "checkpoints" / "last.pth",
+        run_dir / "checkpoints" / "best.pth",
+    )
+    return 0
+
+
+def test_command(args, config: Config, run_dir: Path, device) -> int:
+    from xcos.engine.tester import format_table, run_test
+
+    if not args.pretrained:
+        raise ConfigError("test mode needs weights: -p path/to/weights.pth")
+    summary = run_test(config, run_dir, device, args.pretrained)
+    log.info("%s", format_table(summary))
+    log.info(
+        "metrics: %s, scores: %s, figures: %s",
+        run_dir / "metrics.json",
+        run_dir / "scores",
+        run_dir / "figures",
+    )
+    return 0
+
+
+def synth_command(args: argparse.Namespace) -> int:
+    from xcos.data.synthfaces import ensure_synthfaces
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = {}
+    if args.config:
+        config = load_config(args.config)
+        if config.data.synthetic is None:
+            raise ConfigError(f"{args.config}: data.synthetic is not set")
+        settings = {k: v for k, v in config.data.synthetic.items() if k not in ("type", "root")}
+    if args.seed is not None:
+        settings["seed"] = args.seed
+    manifest = ensure_synthfaces(args.out, **settings)
+    print(f"SynthFaces in {args.out}: {json.dumps(manifest.get('counts', {}))}")
+    return 0

@@ -1,0 +1,157 @@
+"""Training pairs from an image folder with one sub-folder per identity."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from xcos.data.images import IMAGE_EXTENSIONS, BadImageError, read_rgb, to_tensor
+from xcos.registry import DATASETS
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A data folder or file is missing or malformed; the message names it."""
+
+
+def scan_image_folder(root: Path) -> tuple[list[str], list[list[Path]]]:
+    """(identity names, image paths per identity), both sorted; errors name the folder."""
+    if not root.is_dir():
+        raise DataError(
+            f"data.train.root: folder {str(root)!r} does not exist. Set it to an image folder "
+            "with one sub-folder of aligned 112x112 face images per identity"
+        )
+    names, images, empty = [], [], []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            empty.append(folder.name)
+            continue
+        names.append(folder.name)
+        images.append(files)
+    if empty:
+        raise DataError(
+            f"{root}: {len(empty)} identity folder(s) hold no images "
+            f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); "
+            f"accepted extensions: {' '.join(IMAGE_EXTENSIONS)}"
+        )
+    if len(names) < 2:
+        raise DataError(
+            f"{root}: pairs need at least 2 identity sub-folders with images, found {len(names)}"
+        )
+    return names, images
+
+
+@DATASETS.register("image_folder_pairs")
+class ImageFolderPairs(Dataset):
+    """Each image is an anchor once per epoch; its partner is another image of the same
+    identity with probability ``same_probability``, else an image of a random other identity.
+
+    Sampling is O(1) and a pure function of (seed, epoch, index), so data order does not depend
+    on worker processes and resuming reproduces it. Identities with a single image always get a
+    different-identity partner (no endless search for a second image).
+
+    Items: ``image_a``, ``image_b`` [3, S, S] normalised RGB; ``identity_a``, ``identity_b``
+    (class indices); ``label`` (1 same identity, 0 different).
+
+    Args:
+        root: folder with one sub-folder of images per identity.
+        same_probability: chance of a same-identity pair.
+        flip: random horizontal flip of each image (augmentation).
+        image_size: images are resized to this square size when they differ.
+        skip_bad_images: decode every image once at start-up and drop (and count) the ones
+            that fail; otherwise a bad image stops training with an error naming the file.
+        seed: sampling seed (combined with the epoch and index).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        same_probability: float = 0.5,
+        flip: bool = True,
+        image_size: int = 112,
+        skip_bad_images: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.root = Path(root)
+        self.identity_names, per_identity = scan_image_folder(self.root)
+        if skip_bad_images:
+            per_identity = self._drop_bad_images(per_identity)
+        self.paths = [path for files in per_identity for path in files]
+        counts = np.array([len(files) for files in per_identity])
+        self.labels = np.repeat(np.arange(len(per_identity)), counts)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.same_probability = same_probability
+        self.flip = flip
+        self.image_size = image_size
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.identity_names)
+
+    def _drop_bad_images(self, per_identity: list[list[Path]]) -> list[list[Path]]:
+        kept, bad = [], []
+        for files in per_identity:
+            good = []
+            for path in files:
+                try:
+                    read_rgb(path)
+                    good.append(path)
+                except BadImageError:
+                    bad.append(path)
+            if good:
+                kept.append(good)
+        self.skipped_images = bad
+        if bad:
+            log.warning(
+                "skipped %d unreadable image(s) under %s, first: %s", len(bad), self.root, bad[0]
+            )
+        if len(kept) < 2:
+            raise DataError(f"{self.root}: fewer than 2 identities have readable images")
+        return kept
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pairs and flips differ per epoch; call before iterating an epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def partner(self, index: int, rng: np.random.Generator) -> int:
+        label = self.labels[index]
+        start, stop = self.offsets[label], self.offsets[label + 1]
+        if stop - start > 1 and rng.random() < self.same_probability:
+            other = start + rng.integers(stop - start - 1)
+            return int(other + (other >= index))  # any image of the identity but the anchor
+        other_label = rng.integers(self.num_classes - 1)
+        other_label += other_label >= label  # any identity but the anchor's
+        return int(
+            self.offsets[other_label]
+            + rng.integers(self.offsets[other_label + 1] - self.offsets[other_label])
+        )
+
+    def load(self, index: int, flip: bool) -> torch.Tensor:
+        image = read_rgb(self.paths[index], self.image_size)
+        if flip:
+            image = image[:, ::-1]
+        return to_tensor(image)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        other = self.partner(index, rng)
+        flips = rng.random(2) < 0.5 if self.flip else (False, False)
+        label_a, label_b = int(self.labels[index]), int(self.labels[other])
+        return {
+            "image_a": self.load(index, bool(flips[0])),
+            "image_b": self.load(other, bool(flips[1])),
+            "identity_a": torch.tensor(label_a),
+            "identity_b": torch.tensor(label_b),
+            "label": torch.tensor(int(label_a == label_b)),
+        }

@@ -1,0 +1,115 @@
+"""Verification pair sets: distinct images, pairs of indices into them, labels and folds.
+
+Every reader returns the same ``PairSet`` so the evaluator embeds each distinct image once.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xcos.data.image_folder import DataError
+from xcos.evaluation.verification import contiguous_folds
+from xcos.registry import PAIR_SETS
+
+
+@dataclass
+class PairSet:
+    """``pairs`` [N, 2] index ``images``; ``labels`` [N] (1 same, 0 different); ``folds`` [N]."""
+
+    name: str
+    images: list[str]
+    pairs: np.ndarray
+    labels: np.ndarray
+    folds: np.ndarray
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@PAIR_SETS.register("csv")
+def read_pair_csv(path: str, name: str | None = None, folds: int = 10) -> PairSet:
+    """CSV with header ``path_a,path_b,label[,fold]`` (more columns are kept in ``extra``).
+
+    Paths are absolute or relative to the CSV's folder. Without a ``fold`` column the pairs
+    are split into ``folds`` contiguous folds.
+    """
+    csv_path = Path(path)
+    if not csv_path.is_file():
+        raise DataError(f"pair list {str(csv_path)!r} does not exist")
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        missing = [c for c in ("path_a", "path_b", "label") if c not in header]
+        if missing:
+            raise DataError(
+                f"{csv_path}: header must start with path_a,path_b,label[,fold]; missing {missing}"
+            )
+        rows = list(reader)
+    if not rows:
+        raise DataError(f"{csv_path}: no pairs")
+    index: dict[str, int] = {}
+    pairs, labels, fold_ids = [], [], []
+    for line, row in enumerate(rows, start=2):
+        label = row["label"].strip()
+        if label not in ("0", "1"):
+            raise DataError(f"{csv_path}:{line}: label must be 0 or 1, got {label!r}")
+        labels.append(int(label))
+        pair = []
+        for column in ("path_a", "path_b"):
+            resolved = str((csv_path.parent / row[column].strip()).resolve())
+            pair.append(index.setdefault(resolved, len(index)))
+        pairs.append(pair)
+        if "fold" in header:
+            fold_ids.append(_parse_fold(row["fold"], csv_path, line))
+    images = list(index)
+    _check_images_exist(images, csv_path)
+    extra_columns = [c for c in header if c not in ("path_a", "path_b", "label", "fold")]
+    return PairSet(
+        name=name or csv_path.stem,
+        images=images,
+        pairs=np.asarray(pairs, dtype=np.int64),
+        labels=np.asarray(labels, dtype=np.int64),
+        folds=np.asarray(fold_ids) if fold_ids else contiguous_folds(len(rows), folds),
+        extra={c: [row[c] for row in rows] for c in extra_columns},
+    )
+
+
+def _parse_fold(text: str, path: Path, line: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(f"{path}:{line}: fold must be an integer, got {text!r}") from None
+
+
+def _check_images_exist(images: list[str], source: Path) -> None:
+    missing = [p for p in images if not Path(p).is_file()]
+    if missing:
+        raise DataError(
+            f"{source}: {len(missing)} image(s) not found, first: {', '.join(missing[:3])}"
+        )
+
+
+def load_pair_set(spec: str | dict[str, Any], path: str = "pair_sets") -> PairSet:
+    """Read a pair set from a path (reader chosen by extension) or a dict with a ``type``."""
+    location = spec if isinstance(spec, str) else spec.get("path")
+    if isinstance(location, str) and not Path(location).exists():
+        raise DataError(
+            f"{path}: {location!r} does not exist. Set {path} to a verification pair list: a CSV "
+            "with header path_a,path_b,label[,fold] (paths relative to the CSV's folder)"
+        )
+    if isinstance(spec, str):
+        suffix = Path(spec).suffix.lower()
+        readers = {".csv": "csv"}
+        if suffix not in readers:
+            raise DataError(
+                f"{path}: cannot tell the format of {spec!r}; known extensions: "
+                f"{', '.join(readers)} (or give an object with a 'type': {', '.join(PAIR_SETS.names())})"
+            )
+        spec = {"type": readers[suffix], "path": spec}
+    return PAIR_SETS.build(spec, path)

@@ -1,0 +1,78 @@
+"""What a training run writes besides checkpoints: TensorBoard, metrics.csv, progress bars."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+class RunLog:
+    """Scalars and map figures to ``DIR/tensorboard``; one row per epoch to ``DIR/metrics.csv``."""
+
+    def __init__(self, run_dir: Path, trainer_cfg: Any, resumed: bool = False) -> None:
+        self.run_dir = run_dir
+        self.cfg = trainer_cfg
+        self.writer = None
+        if trainer_cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        self.csv_path = run_dir / "metrics.csv"
+        self._columns: list[str] | None = None
+        if resumed and self.csv_path.is_file():
+            with self.csv_path.open(newline="") as handle:
+                self._columns = next(csv.reader(handle), None)
+
+    def progress(self, total: int, description: str) -> tqdm:
+        enabled = self.cfg.progress_bar and sys.stderr.isatty()
+        return tqdm(
+            total=total, desc=description, disable=not enabled, leave=False, dynamic_ncols=True
+        )
+
+    def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        """Append one epoch's metrics to metrics.csv and the log."""
+        log.info(
+            "epoch %d: %s",
+            row["epoch"],
+            ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in row.items()
+                if k != "epoch"
+            ),
+        )
+        if self._columns is None:
+            self._columns = list(row)
+            with self.csv_path.open("w", newline="") as handle:
+                csv.writer(handle).writerow(self._columns)
+        with self.csv_path.open("a", newline="") as handle:
+            csv.writer(handle).writerow([row.get(column, "") for column in self._columns])
+
+    def maps(self, model, pair_set, device, epoch: int) -> None:
+        """Figures of a few validation pairs' patch-cosine and attention maps."""
+        if self.writer is None or self.cfg.tensorboard_images <= 0:
+            return
+        from xcos.evaluation.evaluator import explain_pairs, pick_examples
+        from xcos.explain.figures import example_figure
+
+        examples = explain_pairs(
+            model, pair_set, pick_examples(pair_set, self.cfg.tensorboard_images), device
+        )
+        for number, example in enumerate(examples):
+            figure = example_figure(example)
+            self.writer.add_figure(f"maps/{pair_set.name}/{number}", figure, epoch, close=False)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,120 @@
+"""Test mode: score pair sets with a trained model and write metrics, scores and figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xcos.config import Config
+from xcos.data.pair_sets import load_pair_set
+from xcos.engine.checkpoint import load_weights
+from xcos.engine.runtime import autocast_factory, seed_everything
+from xcos.evaluation.evaluator import PairSetResult, evaluate_pair_set, explain_pairs, pick_examples
+from xcos.explain.figures import example_figure, save_figure
+from xcos.models.xcos_model import build_model
+
+log = logging.getLogger(__name__)
+
+SUMMARY_KEYS = ("accuracy", "accuracy_std", "threshold")
+
+
+def run_test(
+    config: Config, run_dir: Path, device: torch.device, weights: str | Path
+) -> dict[str, Any]:
+    """Evaluate ``weights`` on ``config.test.pair_sets``; returns the metrics.json content.
+
+    Writes ``metrics.json``, ``scores/<set>.csv`` (pair, fold, label, xcos, cos) and
+    ``figures/<set>_<n>.png`` into ``run_dir``.
+    """
+    if not config.test.pair_sets:
+        raise ValueError("test.pair_sets: empty; name at least one pair list to test on")
+    seed_everything(config.seed, config.trainer.deterministic)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pair_sets = [
+        load_pair_set(spec, f"test.pair_sets.{i}") for i, spec in enumerate(config.test.pair_sets)
+    ]
+    # The identity head and the target network only matter for training.
+    model_cfg = type(config.model)(config.model.backbone, config.model.head, {"type": "self"}, None)
+    model = build_model(model_cfg).to(device)
+    missing, unexpected = load_weights(model, weights)
+    if missing:
+        log.warning(
+            "-p %s: %d parameter(s) not in the checkpoint: %s", weights, len(missing), missing[:10]
+        )
+    if unexpected:
+        log.info(
+            "-p %s: %d checkpoint key(s) unused in test mode: %s",
+            weights,
+            len(unexpected),
+            unexpected[:10],
+        )
+    summary = {}
+    for pair_set in pair_sets:
+        result = evaluate_pair_set(
+            model,
+            pair_set,
+            device,
+            batch_size=config.test.batch_size,
+            flip=config.test.flip,
+            autocast=autocast_factory(config.trainer.amp, device),
+        )
+        summary[pair_set.name] = {
+            score: {key: values[key] for key in SUMMARY_KEYS}
+            for score, values in result.metrics.items()
+        }
+        write_scores(result, run_dir / "scores" / f"{pair_set.name}.csv")
+        write_figures(model, result, run_dir / "figures", device, config.test.figures)
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def write_scores(result: PairSetResult, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pair_set = result.pair_set
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["pair", "fold", "label", "xcos", "cos"])
+        for i in range(len(pair_set)):
+            writer.writerow(
+                [
+                    i,
+                    int(pair_set.folds[i]),
+                    int(pair_set.labels[i]),
+                    f"{result.scores['xcos'][i]:.6f}",
+                    f"{result.scores['cos'][i]:.6f}",
+                ]
+            )
+
+
+def write_figures(
+    model, result: PairSetResult, folder: Path, device: torch.device, count: int
+) -> list[Path]:
+    """Explanation figures of ``count`` pairs (same and different alternating)."""
+    if count <= 0:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    threshold = result.metrics["xcos"]["threshold"]
+    paths = []
+    for example in explain_pairs(
+        model, result.pair_set, pick_examples(result.pair_set, count), device
+    ):
+        figure = example_figure(example, threshold)
+        path = folder / f"{result.pair_set.name}_pair{example['pair']:05d}.png"
+        save_figure(figure, path)
+        paths.append(path)
+    return paths
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """A compact terminal table: one row per pair set and score."""
+    lines = [f"{'pair set':<20} {'score':<6} {'accuracy':>14} {'threshold':>10}"]
+    for name, per_score in summary.items():
+        for score, values in per_score.items():
+            accuracy = f"{values['accuracy'] * 100:.2f} ± {values['accuracy_std'] * 100:.2f}%"
+            lines.append(f"{name:<20} {score:<6} {accuracy:>14} {values['threshold']:>10.4f}")
+    return "\n".join(lines)

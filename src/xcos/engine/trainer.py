@@ -1,0 +1,307 @@
+"""The training loop. It sums the loss terms it is given and knows nothing about faces."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from xcos.config import Config, ConfigError
+from xcos.data.pair_sets import load_pair_set
+from xcos.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from xcos.engine.optim import build_optimizers, build_schedulers
+from xcos.engine.run_log import RunLog
+from xcos.engine.runtime import autocast_factory, rng_states, seed_everything, set_rng_states
+from xcos.evaluation.evaluator import evaluate_pair_set
+from xcos.models.xcos_model import build_model
+from xcos.registry import DATASETS, LOSSES
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training stopped before the bad update."""
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation that depends only on (seed, epoch), optionally skipping a prefix.
+
+    Skipping lets a run resumed from a mid-epoch checkpoint see exactly the remaining batches.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch, self.skip = size, seed, 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator)[self.skip :].tolist())
+
+    def __len__(self) -> int:
+        return self.size - self.skip
+
+
+class Trainer:
+    """Trains an xCos model from a ``Config`` into ``run_dir``.
+
+    Args:
+        config: the validated run config.
+        run_dir: output folder (checkpoints/, tensorboard/, log.txt, metrics.csv).
+        device: where to train.
+        resume: a ``last.pth`` to continue exactly from (``-r``).
+        weights: weights to start from, loaded non-strictly (``-p``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        device: torch.device,
+        resume: str | Path | None = None,
+        weights: str | Path | None = None,
+    ) -> None:
+        self.cfg, self.run_dir, self.device = config, Path(run_dir), device
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(config.seed, config.trainer.deterministic)
+        self.autocast = autocast_factory(config.trainer.amp, device)
+        for key, value in (
+            ("data.train", config.data.train),
+            ("losses", config.losses),
+            ("optimizers", config.optimizers),
+        ):
+            if not value:
+                raise ConfigError(f"{key}: required for training")
+        self.dataset = DATASETS.build(config.data.train, "data.train")
+        num_classes = getattr(self.dataset, "num_classes", None)
+        self.model = build_model(config.model, num_classes).to(device)
+        self.memory_format = (
+            torch.channels_last if config.trainer.channels_last else torch.contiguous_format
+        )
+        self.model.to(memory_format=self.memory_format)
+        if weights is not None:
+            missing, unexpected = load_weights(self.model, weights)
+            log.info(
+                "loaded weights %s: %d missing key(s) %s, %d unexpected key(s) %s",
+                weights,
+                len(missing),
+                missing[:10],
+                len(unexpected),
+                unexpected[:10],
+            )
+        self.losses = [LOSSES.build(c, f"losses.{i}") for i, c in enumerate(config.losses)]
+        self.optimizers = build_optimizers(config.optimizers, self.model.parameter_groups())
+        self.schedulers = build_schedulers(config.schedulers, self.optimizers)
+        use_scaler = config.trainer.amp == "fp16"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        self.pair_sets = [
+            load_pair_set(spec, f"validation.pair_sets.{i}")
+            for i, spec in enumerate(config.validation.pair_sets)
+        ]
+        self._check_monitor()
+        self.sampler = EpochSampler(len(self.dataset), config.seed)
+        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
+        self.best: float | None = None
+        if resume is not None:
+            self._restore(load_checkpoint(resume))
+        self.run_log = RunLog(self.run_dir, config.trainer, resume is not None)
+
+    # ------------------------------------------------------------------ setup helpers
+
+    def _check_monitor(self) -> None:
+        monitor = self.cfg.validation.monitor
+        names = [p.name for p in self.pair_sets]
+        if monitor is not None and monitor.pair_set not in names:
+            raise ValueError(
+                f"validation.monitor.pair_set: {monitor.pair_set!r} is not among the validation "
+                f"pair sets ({', '.join(names) or 'none'})"
+            )
+
+    def _loader(self) -> DataLoader:
+        self.sampler.set_epoch(self.epoch, self.batch_in_epoch * self.cfg.data.batch_size)
+        workers = self.cfg.data.num_workers
+        return DataLoader(
+            self.dataset,
+            batch_size=self.cfg.data.batch_size,
+            sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            # Worker seeds come from this generator, not the global RNG, so creating a
+            # loader (also when resuming mid-epoch) never shifts the model's random stream.
+            generator=torch.Generator().manual_seed(self.cfg.seed + self.epoch),
+        )
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_states(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best": self.best,
+            "config": self.cfg.raw,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        for name, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][name])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_states(state["rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.batch_in_epoch, self.best = state.get("batch_in_epoch", 0), state.get("best")
+        log.info("resumed at epoch %d, step %d", self.epoch + 1, self.step)
+
+    def _save(self, name: str) -> None:
+        save_checkpoint(self.state_dict(), self.run_dir / "checkpoints" / name)
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``trainer.epochs``; returns the last validation metrics."""
+        metrics: dict[str, Any] = {}
+        try:
+            while self.epoch < self.cfg.trainer.epochs:
+                losses = self.train_epoch()
+                metrics = self.end_epoch(losses)
+        finally:
+            self.run_log.close()
+        return metrics
+
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        self.dataset.set_epoch(self.epoch)
+        loader = self._loader()
+        limit = self.cfg.trainer.max_steps_per_epoch
+        total = self.batch_in_epoch + len(loader)  # the loader skips batches already done
+        if limit is not None:
+            total = min(total, limit)
+        sums: dict[str, float] = {}
+        bar = self.run_log.progress(total - self.batch_in_epoch, f"epoch {self.epoch + 1}")
+        for batch in loader:
+            if self.batch_in_epoch >= total:
+                break
+            terms = self.train_step(batch)
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value
+            self.batch_in_epoch += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.4f}")
+            if self.step % self.cfg.trainer.log_every == 0:
+                self.run_log.scalars("train", terms | self.learning_rates(), self.step)
+            every = self.cfg.trainer.checkpoint_every_steps
+            if every and self.step % every == 0 and self.batch_in_epoch < total:
+                self._save("last.pth")
+        bar.close()
+        done = max(self.batch_in_epoch, 1)
+        return {key: value / done for key, value in sums.items()}
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        batch = {k: self._to_device(v) for k, v in batch.items()}
+        with self.autocast():
+            outputs = self.model(batch)
+        terms = {loss.name: loss(outputs, batch) for loss in self.losses}
+        total = sum(terms.values())
+        if not torch.isfinite(total):
+            raise NonFiniteLossError(
+                f"loss is {total.item()} at epoch {self.epoch + 1}, step {self.step + 1} "
+                f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); training "
+                f"stopped before updating the weights. {self.run_dir / 'checkpoints' / 'last.pth'} "
+                "holds the last good state; lower the learning rate or enable trainer.grad_clip"
+            )
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.cfg.trainer.grad_clip is not None:
+            for optimizer in self.optimizers.values():
+                self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
+        for optimizer in self.optimizers.values():
+            self.scaler.step(optimizer)
+        self.scaler.update()
+        self.step += 1
+        for scheduler in self.schedulers.values():
+            scheduler.step("step")
+        return {"loss": total.item()} | {k: v.item() for k, v in terms.items()}
+
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.device, non_blocking=True)
+        return tensor.contiguous(memory_format=self.memory_format) if tensor.ndim == 4 else tensor
+
+    def learning_rates(self) -> dict[str, float]:
+        return {f"lr/{k}": o.param_groups[0]["lr"] for k, o in self.optimizers.items()}
+
+    def end_epoch(self, losses: dict[str, float]) -> dict[str, Any]:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        for scheduler in self.schedulers.values():
+            scheduler.step("epoch")
+        row: dict[str, Any] = {"epoch": self.epoch, "step": self.step}
+        row |= {f"train/{k}": v for k, v in losses.items()} | self.learning_rates()
+        metrics = {}
+        if self.pair_sets and self.epoch % self.cfg.validation.every == 0:
+            metrics = self.validate()
+            row |= {
+                f"{name}/{score}/accuracy": values["accuracy"]
+                for name, per_score in metrics.items()
+                for score, values in per_score.items()
+            }
+        self.run_log.epoch(row)
+        improved = self._update_best(metrics)
+        self._save("last.pth")
+        if improved:
+            self._save("best.pth")
+        return metrics
+
+    def _update_best(self, metrics: dict[str, Any]) -> bool:
+        monitor = self.cfg.validation.monitor
+        if monitor is None or not metrics:
+            return True  # without a monitored set the latest epoch is the best one known
+        value = metrics[monitor.pair_set][monitor.score][monitor.metric]
+        if self.best is None or value > self.best:
+            log.info(
+                "best %s/%s/%s so far: %.4f", monitor.pair_set, monitor.score, monitor.metric, value
+            )
+            self.best = value
+            return True
+        return False
+
+    def validate(self) -> dict[str, dict[str, dict[str, float]]]:
+        """k-fold accuracy of xCos and cos on every validation pair set."""
+        results = {}
+        for pair_set in self.pair_sets:
+            result = evaluate_pair_set(
+                self.model,
+                pair_set,
+                self.device,
+                batch_size=self.cfg.validation.batch_size,
+                flip=self.cfg.validation.flip,
+                autocast=self.autocast,
+            )
+            results[pair_set.name] = result.metrics
+            summary = ", ".join(
+                f"{score} {values['accuracy'] * 100:.2f}%"
+                for score, values in result.metrics.items()
+            )
+            log.info("epoch %d validation %s: %s", self.epoch, pair_set.name, summary)
+            self.run_log.scalars(
+                f"val/{pair_set.name}",
+                {f"{s}/accuracy": v["accuracy"] for s, v in result.metrics.items()},
+                self.epoch,
+            )
+            if pair_set is self.pair_sets[0]:
+                self.run_log.maps(self.model, pair_set, self.device, self.epoch)
+        return results

@@ -1,0 +1,160 @@
+"""Evaluate an xCos model on verification pair sets: each distinct image is embedded once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from xcos.data.images import read_rgb, to_tensor
+from xcos.data.pair_sets import PairSet
+from xcos.registry import METRICS
+
+SCORE_KEYS = ("xcos", "cos")
+
+
+class _Images(Dataset):
+    def __init__(self, paths: Sequence[str], image_size: int) -> None:
+        self.paths, self.image_size = paths, image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return to_tensor(read_rgb(self.paths[index], self.image_size))
+
+
+@dataclass
+class PairSetResult:
+    """Scores per pair (``scores[key]`` [N]) and metrics per score key."""
+
+    pair_set: PairSet
+    scores: dict[str, np.ndarray]
+    metrics: dict[str, dict[str, Any]]
+
+
+@torch.no_grad()
+def embed_images(
+    model: torch.nn.Module,
+    paths: Sequence[str],
+    device: torch.device,
+    batch_size: int = 64,
+    flip: bool = False,
+    autocast: Callable[[], AbstractContextManager] | None = None,
+    num_workers: int = 0,
+    image_size: int | None = None,
+) -> torch.Tensor:
+    """Grid features [N, c, h, w] (float32, CPU) of the images at ``paths``.
+
+    With ``flip``, the features of the horizontally flipped image are flipped back along the
+    width axis and added, so each cell still describes the same part of the face.
+    """
+    images = _Images(paths, image_size or model.input_size)
+    loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers)
+    chunks = []
+    for images in loader:
+        images = images.to(device, non_blocking=True)
+        with autocast() if autocast else nullcontext():
+            grid = model.embed(images).float()
+            if flip:
+                grid = grid + model.embed(images.flip(3)).float().flip(3)
+        chunks.append(grid.cpu())
+    return torch.cat(chunks)
+
+
+@torch.no_grad()
+def compare_pairs(
+    model: torch.nn.Module,
+    grids: torch.Tensor,
+    pairs: np.ndarray,
+    device: torch.device,
+    batch_size: int = 256,
+    keep_maps: bool = False,
+) -> dict[str, np.ndarray]:
+    """Scores of every pair (and, with ``keep_maps``, the patch-cosine and attention maps)."""
+    results: dict[str, list[np.ndarray]] = {}
+    keys = (*SCORE_KEYS, "patch_cosine", "attention") if keep_maps else SCORE_KEYS
+    for start in range(0, len(pairs), batch_size):
+        chunk = torch.as_tensor(pairs[start : start + batch_size])
+        grid_a = grids[chunk[:, 0]].to(device)
+        grid_b = grids[chunk[:, 1]].to(device)
+        out = model.compare(grid_a, grid_b)
+        for key in keys:
+            results.setdefault(key, []).append(out[key].float().cpu().numpy())
+    return {key: np.concatenate(value) for key, value in results.items()}
+
+
+def evaluate_pair_set(
+    model: torch.nn.Module,
+    pair_set: PairSet,
+    device: torch.device,
+    metric_cfgs: Sequence[dict[str, Any]] = ({"type": "verification_accuracy"},),
+    batch_size: int = 64,
+    flip: bool = False,
+    autocast: Callable[[], AbstractContextManager] | None = None,
+    num_workers: int = 0,
+) -> PairSetResult:
+    """Embed, compare and score one pair set with every metric for every score key."""
+    was_training = model.training
+    model.eval()
+    try:
+        grids = embed_images(
+            model, pair_set.images, device, batch_size, flip, autocast, num_workers
+        )
+        scores = compare_pairs(model, grids, pair_set.pairs, device)
+    finally:
+        model.train(was_training)
+    metrics: dict[str, dict[str, Any]] = {}
+    for key in SCORE_KEYS:
+        metrics[key] = {}
+        for index, cfg in enumerate(metric_cfgs):
+            metric = METRICS.build(cfg, f"metrics.{index}")
+            metric.update(scores[key], pair_set.labels, pair_set.folds)
+            metrics[key].update(metric.compute())
+    return PairSetResult(pair_set, scores, metrics)
+
+
+def pick_examples(pair_set: PairSet, count: int) -> list[int]:
+    """Indices of up to ``count`` pairs, same and different pairs alternating."""
+    same = np.flatnonzero(pair_set.labels == 1)
+    different = np.flatnonzero(pair_set.labels == 0)
+    picked = [int(i) for pair in zip(same, different, strict=False) for i in pair]
+    return picked[:count]
+
+
+@torch.no_grad()
+def explain_pairs(
+    model: torch.nn.Module,
+    pair_set: PairSet,
+    indices: Sequence[int],
+    device: torch.device,
+    image_size: int | None = None,
+) -> list[dict[str, Any]]:
+    """For each pair index: faces, maps and scores, as numpy values (for figures and logs)."""
+    if not indices:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        paths = [pair_set.images[j] for i in indices for j in pair_set.pairs[i]]
+        faces = [read_rgb(path, image_size or model.input_size) for path in paths]
+        grids = model.embed(torch.stack([to_tensor(f) for f in faces]).to(device)).float()
+        out = model.compare(grids[0::2], grids[1::2])
+    finally:
+        model.train(was_training)
+    return [
+        {
+            "pair": index,
+            "face_a": faces[2 * k],
+            "face_b": faces[2 * k + 1],
+            "label": int(pair_set.labels[index]),
+            **{key: out[key][k].cpu().numpy() for key in ("patch_cosine", "attention")},
+            **{key: float(out[key][k]) for key in SCORE_KEYS},
+        }
+        for k, index in enumerate(indices)
+    ]

@@ -1,0 +1,84 @@
+"""Target cosines for the xCos loss: what the xCos score is trained to reproduce."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xcos.registry import BACKBONES, TARGETS
+
+
+@TARGETS.register("self")
+class SelfTarget(nn.Module):
+    """The model's own global cosine, detached: xCos learns to explain the cosine it sits on.
+
+    Used for training from scratch, where no pretrained recognizer exists.
+    """
+
+    def forward(
+        self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        return outputs["cos"].detach()
+
+
+@TARGETS.register("pretrained")
+class PretrainedTarget(nn.Module):
+    """A frozen pretrained recognizer; the target is the cosine of its two embeddings.
+
+    The network is loaded from ``checkpoint`` (a state dict, read with ``weights_only=True``),
+    never receives gradients and stays in eval mode even when the model is put in train mode
+    (the original code let dropout and BN statistics corrupt its target).
+
+    Args:
+        checkpoint: path of the recognizer's weights.
+        backbone: backbone config of the recognizer (must produce an ``embedding``).
+    """
+
+    def __init__(self, checkpoint: str, backbone: dict[str, Any]) -> None:
+        super().__init__()
+        self.network = BACKBONES.build(backbone, "model.target.backbone")
+        state = load_state_dict(checkpoint, "model.target.checkpoint")
+        missing, unexpected = self.network.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"model.target.checkpoint {checkpoint!r} does not fit model.target.backbone: "
+                f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
+                f"({len(unexpected)})"
+            )
+        self.network.requires_grad_(False)
+        self.network.eval()
+
+    def train(self, mode: bool = True) -> PretrainedTarget:
+        super().train(mode)
+        self.network.eval()  # frozen: BN statistics and dropout never switch to training
+        return self
+
+    @torch.no_grad()
+    def forward(
+        self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        images = torch.cat([batch["image_a"], batch["image_b"]])
+        embedding = self.network(images)["embedding"].float()
+        embedding_a, embedding_b = F.normalize(embedding, dim=1).chunk(2)
+        return (embedding_a * embedding_b).sum(dim=1)
+
+
+def load_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """Read weights safely (no code runs) from a plain state dict or an xcos checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: weights file {str(path)!r} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or unsafe files
+        raise ValueError(f"{what}: cannot read {str(path)!r} as safe torch weights: {err}") from err
+    for key in ("model", "state_dict"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ValueError(f"{what}: {str(path)!r} does not hold a state dict of tensors")
+    return data

@@ -1,0 +1,104 @@
+"""Shared fixtures: a tiny SynthFaces set and the real demo config, shrunk for CPU tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = REPO / "configs" / "demo_synthetic.json"
+
+
+def shared_dir() -> Path:
+    return Path(os.environ.get("XCOS_SHARED", REPO.parent / "shared"))
+
+
+def require_shared(relative: str) -> Path:
+    """Path under ../shared; skip when absent, fail instead when XCOS_REQUIRE_DATA=1."""
+    path = shared_dir() / relative
+    if not path.exists():
+        message = f"{path} is absent (set XCOS_SHARED to the shared folder)"
+        if os.environ.get("XCOS_REQUIRE_DATA") == "1":
+            pytest.fail(message + " and XCOS_REQUIRE_DATA=1")
+        pytest.skip(message)
+    return path
+
+
+TINY_SYNTH = {
+    "type": "synthfaces",
+    "identities": {"train": 8, "val": 6},
+    "images_per_identity": 4,
+    "pairs_per_split": 40,
+    "one_region_pairs": 0,
+    "seed": 3,
+    "image_size": 64,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory) -> Path:
+    """A tiny 64x64 SynthFaces set shared by the tests of one session."""
+    from xcos.components import synthfaces
+
+    root = tmp_path_factory.mktemp("synth")
+    synthfaces(str(root), **{k: v for k, v in TINY_SYNTH.items() if k != "type"})
+    return root
+
+
+def tiny_overrides(synth_root: Path) -> dict:
+    """A config layer that shrinks the demo config to seconds on CPU."""
+    return {
+        "data": {
+            "synthetic": None,
+            "train": {
+                "type": "image_folder_pairs",
+                "root": str(synth_root / "train"),
+                "image_size": 64,
+                "seed": 0,
+            },
+            "batch_size": 4,
+            "num_workers": 0,
+        },
+        "model": {
+            "backbone": {
+                "type": "ir_se",
+                "depth": 10,
+                "width": 0.25,
+                "embedding_dim": None,
+                "input_size": 64,
+            }
+        },
+        "schedulers": {
+            "main": {
+                "type": "StepLR",
+                "step_size": 1,
+                "gamma": 0.5,
+                "interval": "epoch",
+                "warmup": 0,
+            }
+        },
+        "trainer": {
+            "epochs": 1,
+            "max_steps_per_epoch": 3,
+            "tensorboard": False,
+            "progress_bar": False,
+        },
+        "validation": {
+            "pair_sets": [str(synth_root / "synth_val.csv")],
+            "monitor": {"pair_set": "synth_val", "score": "xcos"},
+        },
+        "test": {"pair_sets": [str(synth_root / "synth_val.csv")], "figures": 2},
+    }
+
+
+@pytest.fixture
+def tiny_config(tiny_synth):
+    """Factory: the demo config shrunk, plus optional extra layers and --set overrides."""
+    from xcos.config import load_config
+
+    def make(*layers: dict, overrides: tuple[str, ...] = ()):
+        return load_config(DEMO_CONFIG, [tiny_overrides(tiny_synth), *layers], overrides)
+
+    return make

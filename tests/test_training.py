@@ -1,0 +1,265 @@
+"""Trainer: exact resume, crash safety, non-finite losses, checkpoints, test mode."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import DEMO_CONFIG, REPO, tiny_overrides
+from xcos.engine.checkpoint import load_weights, save_checkpoint
+from xcos.engine.runtime import resolve_device
+from xcos.engine.tester import run_test
+from xcos.engine.trainer import NonFiniteLossError, Trainer
+
+CPU = torch.device("cpu")
+
+
+def states_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_epochs_equal_one_epoch_then_resume(tiny_config, tmp_path):
+    config = tiny_config(overrides=("trainer.epochs=2", "trainer.deterministic=true"))
+    straight = Trainer(config, tmp_path / "straight", CPU)
+    straight.fit()
+    first = tiny_config(overrides=("trainer.epochs=1", "trainer.deterministic=true"))
+    Trainer(first, tmp_path / "half", CPU).fit()
+    resumed = Trainer(
+        config, tmp_path / "resumed", CPU, resume=tmp_path / "half/checkpoints/last.pth"
+    )
+    assert resumed.epoch == 1
+    resumed.fit()
+    assert resumed.step == straight.step == 6
+    assert states_equal(straight.model.state_dict(), resumed.model.state_dict())
+    for name, optimizer in straight.optimizers.items():
+        assert optimizer.param_groups[0]["lr"] == resumed.optimizers[name].param_groups[0]["lr"]
+
+
+def test_mid_epoch_crash_then_resume_equals_straight_run(tiny_config, tmp_path):
+    overrides = ("trainer.deterministic=true", "trainer.max_steps_per_epoch=5")
+    straight = Trainer(tiny_config(overrides=overrides), tmp_path / "straight", CPU)
+    straight.fit()
+    crashing = Trainer(
+        tiny_config(overrides=(*overrides, "trainer.checkpoint_every_steps=1")),
+        tmp_path / "crash",
+        CPU,
+    )
+    real_step = crashing.train_step
+
+    def crash_at_step_3(batch):
+        if crashing.step == 3:
+            raise RuntimeError("simulated crash")
+        return real_step(batch)
+
+    crashing.train_step = crash_at_step_3
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        crashing.fit()
+    last = tmp_path / "crash/checkpoints/last.pth"
+    assert torch.load(last, weights_only=True)["batch_in_epoch"] == 3
+    resumed = Trainer(tiny_config(overrides=overrides), tmp_path / "resumed", CPU, resume=last)
+    resumed.fit()
+    assert resumed.step == straight.step == 5
+    assert states_equal(straight.model.state_dict(), resumed.model.state_dict())
+
+
+def test_checkpoint_contents_load_with_weights_only(tiny_config, tmp_path):
+    Trainer(tiny_config(), tmp_path, CPU).fit()
+    for name in ("last.pth", "best.pth"):
+        state = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
+        assert {
+            "model",
+            "optimizers",
+            "schedulers",
+            "scaler",
+            "rng",
+            "epoch",
+            "step",
+            "config",
+        } <= set(state)
+        assert state["config"]["name"] == "demo_synthetic"
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert rows[0]["epoch"] == "1" and float(rows[0]["synth_val/xcos/accuracy"]) > 0
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, tmp_path):
+    config = tiny_config(
+        overrides=("trainer.checkpoint_every_steps=1", "trainer.max_steps_per_epoch=5")
+    )
+    trainer = Trainer(config, tmp_path, CPU)
+    loss = trainer.losses[1]
+    calls = {"n": 0}
+    original = loss.compute
+
+    def poisoned(prediction, target):
+        calls["n"] += 1
+        value = original(prediction, target)
+        return value * float("nan") if calls["n"] == 3 else value
+
+    loss.compute = poisoned
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 1, step 3.*last\.pth"):
+        trainer.fit()
+    saved = torch.load(tmp_path / "checkpoints/last.pth", weights_only=True)
+    assert saved["step"] == 2
+    # Parameters were not updated by step 3 (its forward pass did move BN statistics in
+    # memory, which is why the checkpoint, not the live model, is the last good state).
+    parameters = dict(trainer.model.named_parameters())
+    assert all(torch.equal(saved["model"][k], p) for k, p in parameters.items())
+
+
+def test_atomic_save_keeps_previous_file_on_crash(tmp_path, monkeypatch):
+    path = tmp_path / "last.pth"
+    save_checkpoint({"step": 1}, path)
+
+    def crash(obj, stream, *args, **kwargs):
+        stream.write(b"partial garbage")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+def test_sigkill_mid_epoch_leaves_loadable_last_and_resumes(tiny_synth, tmp_path):
+    layer = tiny_overrides(tiny_synth)
+    layer["trainer"] |= {"max_steps_per_epoch": 200, "checkpoint_every_steps": 1, "epochs": 1}
+    layer_path = tmp_path / "layer.json"
+    layer_path.write_text(json.dumps(layer))
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "xcos",
+        "train",
+        "-tc",
+        str(DEMO_CONFIG),
+        "-sc",
+        str(layer_path),
+        "--out",
+        str(run_dir),
+        "--device",
+        "cpu",
+    ]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = run_dir / "checkpoints" / "last.pth"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if last.exists() and torch.load(last, weights_only=True)["step"] >= 3:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read().decode()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    state = torch.load(last, weights_only=True)  # loadable, whatever moment the kill hit
+    assert 3 <= state["step"] < 200 and state["epoch"] == 0
+    steps = state["batch_in_epoch"] + 2
+    resumed = subprocess.run(
+        [*command, "-r", str(last), "--set", f"trainer.max_steps_per_epoch={steps}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    final = torch.load(last, weights_only=True)
+    assert final["epoch"] == 1 and final["step"] >= state["step"] + 1
+    assert (run_dir / "checkpoints" / "best.pth").exists()
+
+
+def test_test_mode_writes_metrics_scores_and_figures(tiny_config, tmp_path):
+    config = tiny_config()
+    Trainer(config, tmp_path / "train", CPU).fit()
+    summary = run_test(config, tmp_path / "test", CPU, tmp_path / "train/checkpoints/best.pth")
+    metrics = json.loads((tmp_path / "test/metrics.json").read_text())
+    assert metrics == summary
+    assert set(metrics) == {"synth_val"}
+    for score in ("xcos", "cos"):
+        assert set(metrics["synth_val"][score]) == {"accuracy", "accuracy_std", "threshold"}
+    with (tmp_path / "test/scores/synth_val.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["pair", "fold", "label", "xcos", "cos"]
+    assert len(rows) == 40 and {r["fold"] for r in rows} == {str(k) for k in range(10)}
+    assert len(list((tmp_path / "test/figures").glob("*.png"))) == 2
+
+
+def test_weights_of_another_architecture_are_refused(tiny_config, tmp_path):
+    trainer = Trainer(tiny_config(), tmp_path, CPU)
+    other = tiny_config(overrides=("model.head.grid_channels=16",))
+    model = Trainer(other, tmp_path / "other", CPU).model
+    weights = tmp_path / "other.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    with pytest.raises(
+        ValueError, match=r"another architecture: \d+ parameter\(s\) differ.*head\.grid\.0\.weight"
+    ):
+        load_weights(trainer.model, weights)
+    unrelated = tmp_path / "unrelated.pth"
+    torch.save({"foo.weight": torch.zeros(3)}, unrelated)
+    with pytest.raises(ValueError, match="shares no parameter name"):
+        load_weights(trainer.model, unrelated)
+    partial = {
+        k: v for k, v in trainer.model.state_dict().items() if not k.startswith("identity_head")
+    }
+    partial["extra.weight"] = torch.zeros(1)
+    torch.save(partial, tmp_path / "partial.pth")
+    missing, unexpected = load_weights(trainer.model, tmp_path / "partial.pth")
+    assert missing == ["identity_head.kernel"] and unexpected == ["extra.weight"]
+
+
+def test_resume_from_missing_checkpoint(tiny_config, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"-r: checkpoint .*nope\.pth.* does not exist"):
+        Trainer(tiny_config(), tmp_path, CPU, resume=tmp_path / "nope.pth")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu_and_fp16_on_cpu(tiny_config, tmp_path):
+    with pytest.raises(RuntimeError, match="no CUDA GPU is available"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        Trainer(tiny_config(overrides=("trainer.amp=fp16",)), tmp_path, CPU)
+
+
+def test_bf16_autocast_trains_on_cpu(tiny_config, tmp_path):
+    trainer = Trainer(tiny_config(overrides=("trainer.amp=bf16",)), tmp_path, CPU)
+    trainer.fit()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_pretrained_target_is_frozen_and_in_eval_mode(tiny_config, tmp_path):
+    target_backbone = {
+        "type": "ir_se",
+        "depth": 10,
+        "width": 0.25,
+        "embedding_dim": 16,
+        "input_size": 64,
+    }
+    from xcos.registry import BACKBONES
+
+    network = BACKBONES.build(target_backbone, "t")
+    torch.save(network.state_dict(), tmp_path / "target.pth")
+    layer = {
+        "model": {
+            "target": {
+                "type": "pretrained",
+                "checkpoint": str(tmp_path / "target.pth"),
+                "backbone": target_backbone,
+            }
+        }
+    }
+    trainer = Trainer(tiny_config(layer), tmp_path / "run", CPU)
+    before = {k: v.clone() for k, v in trainer.model.target.state_dict().items()}
+    trainer.fit()
+    target = trainer.model.target
+    assert not target.network.training and trainer.model.training
+    assert all(not p.requires_grad for p in target.parameters())
+    assert states_equal(before, target.state_dict())  # BN statistics untouched too
+    all_optimized = {
+        id(p) for o in trainer.optimizers.values() for g in o.param_groups for p in g["params"]
+    }
+    assert not any(id(p) in all_optimized for p in target.parameters())
