@@ -135,3 +135,14 @@ def test_pair_csv_errors(tmp_path):
         load_pair_set(str(unknown))
     with pytest.raises(DataError, match=r"test\.pair_sets\.0: .*nowhere\.csv' does not exist"):
         load_pair_set(str(tmp_path / "nowhere.csv"), "test.pair_sets.0")
+
+
+def test_pair_set_backed_by_an_array_of_aligned_faces():
+    from xcos.data.pair_sets import PairSet
+
+    faces = np.zeros((2, 3, 16, 16), dtype=np.uint8)
+    faces[1, 0] = 255  # second face pure red
+    pair_set = PairSet("mem", faces, np.array([[0, 1]]), np.array([0]), np.array([0]))
+    red = pair_set.image(1)
+    assert red.shape == (16, 16, 3) and (red[..., 0] == 255).all() and (red[..., 1:] == 0).all()
+    assert pair_set.image(1, size=8).shape == (8, 8, 3)

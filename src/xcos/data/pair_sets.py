@@ -6,23 +6,30 @@ Every reader returns the same ``PairSet`` so the evaluator embeds each distinct 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from xcos.data.image_folder import DataError
+from xcos.data.images import read_rgb
 from xcos.evaluation.verification import contiguous_folds
 from xcos.registry import PAIR_SETS
 
 
 @dataclass
 class PairSet:
-    """``pairs`` [N, 2] index ``images``; ``labels`` [N] (1 same, 0 different); ``folds`` [N]."""
+    """``pairs`` [N, 2] index ``images``; ``labels`` [N] (1 same, 0 different); ``folds`` [N].
+
+    ``images`` holds either file paths (decoded on demand) or aligned RGB faces as a uint8
+    array ``[M, 3, S, S]`` (for example a memory-mapped pack).
+    """
 
     name: str
-    images: list[str]
+    images: Sequence[str] | np.ndarray
     pairs: np.ndarray
     labels: np.ndarray
     folds: np.ndarray
@@ -30,6 +37,15 @@ class PairSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def image(self, index: int, size: int | None = None) -> np.ndarray:
+        """Distinct image ``index`` as RGB uint8 [S, S, 3] (resized to ``size`` when given)."""
+        if isinstance(self.images, np.ndarray):
+            face = np.ascontiguousarray(np.asarray(self.images[index]).transpose(1, 2, 0))
+            if size is not None and face.shape[0] != size:
+                face = np.asarray(Image.fromarray(face).resize((size, size), Image.BILINEAR))
+            return face
+        return read_rgb(self.images[index], size)
 
 
 @PAIR_SETS.register("csv")

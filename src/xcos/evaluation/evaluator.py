@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from xcos.data.images import read_rgb, to_tensor
+from xcos.data.images import to_tensor
 from xcos.data.pair_sets import PairSet
 from xcos.registry import METRICS
 
@@ -19,14 +19,14 @@ SCORE_KEYS = ("xcos", "cos")
 
 
 class _Images(Dataset):
-    def __init__(self, paths: Sequence[str], image_size: int) -> None:
-        self.paths, self.image_size = paths, image_size
+    def __init__(self, pair_set: PairSet, image_size: int) -> None:
+        self.pair_set, self.image_size = pair_set, image_size
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.pair_set.images)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return to_tensor(read_rgb(self.paths[index], self.image_size))
+        return to_tensor(self.pair_set.image(index, self.image_size))
 
 
 @dataclass
@@ -41,7 +41,7 @@ class PairSetResult:
 @torch.no_grad()
 def embed_images(
     model: torch.nn.Module,
-    paths: Sequence[str],
+    pair_set: PairSet,
     device: torch.device,
     batch_size: int = 64,
     flip: bool = False,
@@ -49,12 +49,12 @@ def embed_images(
     num_workers: int = 0,
     image_size: int | None = None,
 ) -> torch.Tensor:
-    """Grid features [N, c, h, w] (float32, CPU) of the images at ``paths``.
+    """Grid features [M, c, h, w] (float32, CPU) of the distinct images of ``pair_set``.
 
     With ``flip``, the features of the horizontally flipped image are flipped back along the
     width axis and added, so each cell still describes the same part of the face.
     """
-    images = _Images(paths, image_size or model.input_size)
+    images = _Images(pair_set, image_size or model.input_size)
     loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers)
     chunks = []
     for images in loader:
@@ -103,9 +103,7 @@ def evaluate_pair_set(
     was_training = model.training
     model.eval()
     try:
-        grids = embed_images(
-            model, pair_set.images, device, batch_size, flip, autocast, num_workers
-        )
+        grids = embed_images(model, pair_set, device, batch_size, flip, autocast, num_workers)
         scores = compare_pairs(model, grids, pair_set.pairs, device)
     finally:
         model.train(was_training)
@@ -141,8 +139,8 @@ def explain_pairs(
     was_training = model.training
     model.eval()
     try:
-        paths = [pair_set.images[j] for i in indices for j in pair_set.pairs[i]]
-        faces = [read_rgb(path, image_size or model.input_size) for path in paths]
+        size = image_size or model.input_size
+        faces = [pair_set.image(j, size) for i in indices for j in pair_set.pairs[i]]
         grids = model.embed(torch.stack([to_tensor(f) for f in faces]).to(device)).float()
         out = model.compare(grids[0::2], grids[1::2])
     finally:
