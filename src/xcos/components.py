@@ -4,6 +4,7 @@ import torch
 
 import xcos.data.image_folder
 import xcos.data.pair_sets
+import xcos.evaluation.roc
 import xcos.evaluation.verification
 import xcos.losses
 import xcos.models.backbones
