@@ -3,6 +3,9 @@
 import torch
 
 import xcos.data.image_folder
+import xcos.data.insightface_bin
+import xcos.data.lfw
+import xcos.data.pack
 import xcos.data.pair_sets
 import xcos.evaluation.roc
 import xcos.evaluation.verification

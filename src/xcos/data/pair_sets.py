@@ -116,12 +116,13 @@ def load_pair_set(spec: str | dict[str, Any], path: str = "pair_sets") -> PairSe
     location = spec if isinstance(spec, str) else spec.get("path")
     if isinstance(location, str) and not Path(location).exists():
         raise DataError(
-            f"{path}: {location!r} does not exist. Set {path} to a verification pair list: a CSV "
-            "with header path_a,path_b,label[,fold] (paths relative to the CSV's folder)"
+            f"{path}: {location!r} does not exist. Set {path} to a verification pair set: a CSV "
+            "with header path_a,path_b,label[,fold] (paths relative to the CSV's folder), an "
+            "LFW pairs .txt, an InsightFace .bin, or a <name>.pack folder from `xcos prepare`"
         )
     if isinstance(spec, str):
         suffix = Path(spec).suffix.lower()
-        readers = {".csv": "csv"}
+        readers = {".csv": "csv", ".txt": "lfw", ".bin": "insightface_bin", ".pack": "pack"}
         if suffix not in readers:
             raise DataError(
                 f"{path}: cannot tell the format of {spec!r}; known extensions: "
