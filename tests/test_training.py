@@ -181,7 +181,11 @@ def test_test_mode_writes_metrics_scores_and_figures(tiny_config, tmp_path):
     assert metrics == summary
     assert set(metrics) == {"synth_val"}
     for score in ("xcos", "cos"):
-        assert set(metrics["synth_val"][score]) == {"accuracy", "accuracy_std", "threshold"}
+        values = metrics["synth_val"][score]
+        assert {"accuracy", "accuracy_std", "threshold", "auc", "eer", "tar_at_far"} <= set(values)
+        assert len(values["fold_accuracies"]) == 10
+        assert set(values["tar_at_far"]) == {"1e-01", "1e-02", "1e-03"}
+    assert (tmp_path / "test/roc/synth_val.png").is_file()
     with (tmp_path / "test/scores/synth_val.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["pair", "fold", "label", "xcos", "cos"]

@@ -90,9 +90,14 @@ class Monitor:
     metric: str = "accuracy"
 
 
+def default_metrics() -> list[dict]:
+    return [{"type": "verification_accuracy", "folds": 10}, {"type": "roc"}]
+
+
 @dataclass
 class ValidationConfig:
     pair_sets: list[str | dict] = field(default_factory=list)
+    metrics: list[Annotated[dict, Component("METRICS")]] = field(default_factory=default_metrics)
     every: int = 1
     batch_size: int = 64
     flip: bool = False
@@ -102,6 +107,7 @@ class ValidationConfig:
 @dataclass
 class TestConfig:
     pair_sets: list[str | dict] = field(default_factory=list)
+    metrics: list[Annotated[dict, Component("METRICS")]] = field(default_factory=default_metrics)
     batch_size: int = 64
     flip: bool = False
     figures: int = 4

@@ -15,12 +15,11 @@ from xcos.data.pair_sets import load_pair_set
 from xcos.engine.checkpoint import load_weights
 from xcos.engine.runtime import autocast_factory, seed_everything
 from xcos.evaluation.evaluator import PairSetResult, evaluate_pair_set, explain_pairs, pick_examples
+from xcos.evaluation.roc import roc_figure, roc_points
 from xcos.explain.figures import example_figure, save_figure
 from xcos.models.xcos_model import build_model
 
 log = logging.getLogger(__name__)
-
-SUMMARY_KEYS = ("accuracy", "accuracy_std", "threshold")
 
 
 def run_test(
@@ -62,15 +61,22 @@ def run_test(
             batch_size=config.test.batch_size,
             flip=config.test.flip,
             autocast=autocast_factory(config.trainer.amp, device),
+            metric_cfgs=config.test.metrics,
         )
-        summary[pair_set.name] = {
-            score: {key: values[key] for key in SUMMARY_KEYS}
-            for score, values in result.metrics.items()
-        }
+        summary[pair_set.name] = result.metrics
         write_scores(result, run_dir / "scores" / f"{pair_set.name}.csv")
+        write_roc(result, run_dir / "roc" / f"{pair_set.name}.png")
         write_figures(model, result, run_dir / "figures", device, config.test.figures)
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def write_roc(result: PairSetResult, path: Path) -> None:
+    """ROC curves of every score type of one pair set."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    labels = result.pair_set.labels
+    curves = {key: roc_points(scores, labels) for key, scores in result.scores.items()}
+    save_figure(roc_figure(curves, f"ROC: {result.pair_set.name} ({len(labels)} pairs)"), path)
 
 
 def write_scores(result: PairSetResult, path: Path) -> None:
@@ -112,9 +118,26 @@ def write_figures(
 
 def format_table(summary: dict[str, Any]) -> str:
     """A compact terminal table: one row per pair set and score."""
-    lines = [f"{'pair set':<20} {'score':<6} {'accuracy':>14} {'threshold':>10}"]
+    lines = [
+        f"{'pair set':<20} {'score':<6} {'accuracy':>16} {'threshold':>9} {'AUC':>7} "
+        f"{'EER':>7} {'TAR@FAR':>9}"
+    ]
     for name, per_score in summary.items():
         for score, values in per_score.items():
-            accuracy = f"{values['accuracy'] * 100:.2f} ± {values['accuracy_std'] * 100:.2f}%"
-            lines.append(f"{name:<20} {score:<6} {accuracy:>14} {values['threshold']:>10.4f}")
+            lines.append(f"{name:<20} {score:<6} " + _row(values))
     return "\n".join(lines)
+
+
+def _row(values: dict[str, Any]) -> str:
+    cells = []
+    if "accuracy" in values:
+        accuracy = f"{values['accuracy'] * 100:.2f} ± {values['accuracy_std'] * 100:.2f}%"
+        cells += [f"{accuracy:>16}", f"{values['threshold']:>9.4f}"]
+    if "auc" in values:
+        far, tar = min(values["tar_at_far"].items(), key=lambda item: float(item[0]))
+        cells += [
+            f"{values['auc']:>7.4f}",
+            f"{values['eer'] * 100:>6.2f}%",
+            f"{tar * 100:>6.2f}%@{far}",
+        ]
+    return " ".join(cells)

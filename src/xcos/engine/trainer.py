@@ -255,9 +255,11 @@ class Trainer:
         if self.pair_sets and self.epoch % self.cfg.validation.every == 0:
             metrics = self.validate()
             row |= {
-                f"{name}/{score}/accuracy": values["accuracy"]
+                f"{name}/{score}/{key}": values[key]
                 for name, per_score in metrics.items()
                 for score, values in per_score.items()
+                for key in ("accuracy", "auc")
+                if key in values
             }
         self.run_log.epoch(row)
         improved = self._update_best(metrics)
@@ -289,6 +291,7 @@ class Trainer:
                 self.device,
                 batch_size=self.cfg.validation.batch_size,
                 flip=self.cfg.validation.flip,
+                metric_cfgs=self.cfg.validation.metrics,
                 autocast=self.autocast,
             )
             results[pair_set.name] = result.metrics

@@ -93,7 +93,7 @@ def evaluate_pair_set(
     model: torch.nn.Module,
     pair_set: PairSet,
     device: torch.device,
-    metric_cfgs: Sequence[dict[str, Any]] = ({"type": "verification_accuracy"},),
+    metric_cfgs: Sequence[dict[str, Any]] = ({"type": "verification_accuracy"}, {"type": "roc"}),
     batch_size: int = 64,
     flip: bool = False,
     autocast: Callable[[], AbstractContextManager] | None = None,
