@@ -46,6 +46,7 @@ class Registry:
         self.register(name)(obj)
 
     def names(self) -> list[str]:
+        _register_builtins()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
@@ -53,6 +54,8 @@ class Registry:
 
     def get(self, name: str, path: str = "type") -> Callable[..., Any]:
         """The entry called ``name``; an unknown name fails with choices and a close match."""
+        if name not in self._entries:
+            _register_builtins()
         if name not in self._entries:
             hint = difflib.get_close_matches(str(name), self._entries, n=1)
             did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
@@ -93,6 +96,12 @@ class Registry:
         kwargs = {k: v for k, v in cfg.items() if k != "type" and k not in own_keys}
         kwargs.update(extra)
         return self._entries[cfg["type"]](**kwargs)
+
+
+def _register_builtins() -> None:
+    # Imported on first look-up rather than at import time: the component modules import
+    # this module, and `import xcos.registry` must stay cheap.
+    import xcos.components  # noqa: F401
 
 
 def check_kwargs(
