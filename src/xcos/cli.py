@@ -10,11 +10,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from xcos.config import Config, ConfigError, config_diff, load_config, merge_layers
 
 log = logging.getLogger("xcos")
 
-COMMANDS = ("train", "test", "synth")
+COMMANDS = ("train", "test", "synth", "prepare")
 
 
 def run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +58,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--seed", type=int, help="generator seed (overrides the config)")
     synth.add_argument("--debug", action="store_true")
+    prepare_arguments(commands.add_parser("prepare", help="detect, align and pack a pair set"))
     return parser
+
+
+def prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pairs", help="LFW-style pairs file (View 2 pairs.txt or View 1)")
+    source.add_argument("--bin", help="InsightFace .bin validation set (already aligned)")
+    source.add_argument("--csv", help="CSV with header path_a,path_b,label[,fold]")
+    parser.add_argument("--images", help="with --pairs: the folder of <Name>/<Name>_NNNN.jpg")
+    parser.add_argument("--out", required=True, help="the pack folder to write (<name>.pack)")
+    parser.add_argument("--folds", type=int, nargs="+", help="keep only these folds")
+    parser.add_argument("--select", choices=("largest", "central"), default="largest")
+    parser.add_argument(
+        "--no-face",
+        choices=("error", "center_crop"),
+        default="error",
+        help="when no face is found: stop, or (pre-centred sets such as LFW) take a centred crop",
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (detection)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing pack")
+    parser.add_argument("--debug", action="store_true")
 
 
 def classic_parser() -> argparse.ArgumentParser:
@@ -100,6 +124,8 @@ def is_user_error(err: Exception) -> bool:
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "synth":
         return synth_command(args)
+    if args.command == "prepare":
+        return prepare_command(args)
     base, _ = merge_layers(args.template_config)
     config = load_config(args.template_config, args.specified_configs, args.overrides)
     run_dir = choose_run_dir(args, config)
@@ -200,4 +226,35 @@ def synth_command(args: argparse.Namespace) -> int:
         settings["seed"] = args.seed
     manifest = ensure_synthfaces(args.out, **settings)
     print(f"SynthFaces in {args.out}: {json.dumps(manifest.get('counts', {}))}")
+    return 0
+
+
+def prepare_command(args: argparse.Namespace) -> int:
+    from xcos.data.pair_sets import load_pair_set
+    from xcos.data.prepare import prepare_pack, subset_folds
+    from xcos.engine.runtime import resolve_device
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.pairs:
+        spec = {"type": "lfw", "path": args.pairs, "images": args.images}
+        source = args.pairs
+    else:
+        source = args.bin or args.csv
+        spec = {"type": "insightface_bin" if args.bin else "csv", "path": source}
+    pair_set = load_pair_set(spec, "--" + ("pairs" if args.pairs else "bin" if args.bin else "csv"))
+    if args.folds:
+        pair_set = subset_folds(pair_set, args.folds)
+    aligner = None
+    if not isinstance(pair_set.images, np.ndarray):
+        from xcos.data.align import FaceAligner
+
+        aligner = FaceAligner(
+            select=args.select, no_face=args.no_face, device=str(resolve_device(args.device))
+        )
+    out = prepare_pack(pair_set, args.out, aligner, [Path(source)], args.batch_size, args.overwrite)
+    fallbacks = aligner.stats.fallbacks if aligner is not None else 0
+    print(
+        f"{out}: {len(pair_set)} pairs, {len(pair_set.images)} distinct images, "
+        f"{fallbacks} centre-crop fallback(s)"
+    )
     return 0

@@ -1,0 +1,614 @@
+"""Face detection (MTCNN) and 5-point similarity alignment onto the ArcFace 112 x 112 template.
+
+Pipeline, per image:
+
+1. Decode at the data boundary to RGB uint8 (EXIF rotation applied; grayscale, palette, RGBA,
+   CMYK... all become RGB), with bounded memory: an image above ``max_pixels`` is reduced
+   *while decoding* when it is a JPEG (the decoder's DCT scaling by 1/2, 1/4 or 1/8, see
+   ``PIL.Image.draft``), then resized to fit ``max_pixels``. Alignment works on that bounded
+   "working" image; landmarks, boxes and the transform are reported in the coordinates of the
+   full-resolution source (EXIF-rotated), so they are independent of that reduction.
+2. Detection runs on a copy no larger than ``detect_size`` on its longer side (never
+   upscaled); images of equal detection size are stacked and detected in one batch. Only this
+   copy becomes a float tensor. Detections are mapped back to the working image.
+3. One face is chosen (the largest, or the most central), a similarity transform (rotation,
+   uniform scale, translation: no shear, no stretch) is fitted by least squares from its 5
+   landmarks onto the template scaled by ``image_size / 112``, and the face is warped with
+   bilinear interpolation (after an area pre-shrink when the face is reduced a lot, so that
+   large faces do not alias).
+4. No face: ``no_face="error"`` raises a ``DataError`` naming the image;
+   ``no_face="center_crop"`` (opt-in, for pre-centred sets such as LFW's deep-funneled images)
+   returns a centred square crop, flagged ``fallback=True`` and counted in ``stats``.
+
+Detection is ``facenet_pytorch.MTCNN`` with the weights shipped inside its wheel (MIT). The
+package is installed without its dependencies (its pins would downgrade torch, numpy and
+pillow); of those, only ``requests`` (imported by its ``__init__``) is needed, and it is a
+dependency of xcos. Nothing is downloaded at run time.
+
+Coordinates: landmarks are in pixel-index coordinates (the centre of pixel (0, 0) is (0, 0)),
+as ``cv2.warpAffine`` uses them; boxes are ``[x1, y1, x2, y2]`` with the image spanning
+``[0, W] x [0, H]``. Landmark order: left eye, right eye, nose tip, left mouth corner, right
+mouth corner ("left" = smaller x in the image), as in the template.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from xcos.data.image_folder import DataError
+from xcos.data.images import BadImageError
+
+__all__ = [
+    "ARCFACE_TEMPLATE",
+    "AlignStats",
+    "AlignedFace",
+    "Detections",
+    "FaceAligner",
+    "LoadedImage",
+    "MTCNNDetector",
+    "arcface_template",
+    "load_bounded_rgb",
+    "similarity_transform",
+    "warp_affine",
+]
+
+ImageInput = np.ndarray | Image.Image | str | Path
+
+#: Standard ArcFace 5-point template for 112 x 112 crops, (x, y): left eye, right eye, nose
+#: tip, left mouth corner, right mouth corner.
+ARCFACE_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+
+#: Images smaller than this on a side are rejected (MTCNN cannot find a face in them).
+MIN_IMAGE_SIDE = 20
+
+
+def arcface_template(image_size: int = 112) -> np.ndarray:
+    """The template for ``image_size`` x ``image_size`` crops: one uniform scale of the 112 one.
+
+    (The original code stretched it non-uniformly; a single factor keeps the face's shape.)
+    """
+    return ARCFACE_TEMPLATE * (image_size / 112.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Similarity transform and warping
+# --------------------------------------------------------------------------------------------
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping ``src`` to ``dst``.
+
+    Umeyama's closed form, with reflections excluded. Returns the 2 x 3 matrix ``M`` with
+    ``dst ~= src @ M[:, :2].T + M[:, 2]``; ``M[:, :2]`` is always ``s * R`` (no shear, no
+    non-uniform scale).
+
+    Args:
+        src, dst: [N, 2] corresponding points, N >= 2, ``src`` not all equal.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.ndim != 2 or src.shape[1] != 2 or src.shape != dst.shape or len(src) < 2:
+        raise ValueError(f"expected two [N, 2] point arrays (N >= 2), got {src.shape} {dst.shape}")
+    src_mean, dst_mean = src.mean(0), dst.mean(0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    src_var = (src_c**2).sum() / len(src)
+    if src_var <= 1e-12:
+        raise ValueError("similarity_transform: source points coincide")
+    cov = dst_c.T @ src_c / len(src)
+    u, sing, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:  # a reflection fits better: take the best rotation
+        d[1] = -1.0
+    rotation = u @ np.diag(d) @ vt
+    scale = (sing * d).sum() / src_var
+    matrix = np.empty((2, 3))
+    matrix[:, :2] = scale * rotation
+    matrix[:, 2] = dst_mean - matrix[:, :2] @ src_mean
+    return matrix
+
+
+def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """2 x 3 affine ``outer o inner`` (apply ``inner`` first)."""
+    out = np.empty((2, 3))
+    out[:, :2] = outer[:, :2] @ inner[:, :2]
+    out[:, 2] = outer[:, :2] @ inner[:, 2] + outer[:, 2]
+    return out
+
+
+def _scale_matrix(sx: float, sy: float) -> np.ndarray:
+    """Affine map between two pixel grids of one image (pixel centres at integers)."""
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+
+
+def warp_affine(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """Warp RGB uint8 ``image`` by ``matrix`` (source -> output) into ``size`` x ``size``.
+
+    Bilinear interpolation, black outside the image. When the map shrinks by more than
+    ``1 / 0.8``, the part of the image that the output sees is first reduced with area
+    averaging, so that large faces do not alias.
+    """
+    linear = matrix[:, :2]
+    scale = math.sqrt(abs(np.linalg.det(linear)))
+    if scale < 0.8:
+        inverse = cv2.invertAffineTransform(matrix.astype(np.float64))
+        corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], dtype=np.float64) - 0.5
+        seen = _apply(inverse, corners)
+        height, width = image.shape[:2]
+        margin = 2.0 / scale + 2
+        x0 = int(np.clip(np.floor(seen[:, 0].min() - margin), 0, width))
+        y0 = int(np.clip(np.floor(seen[:, 1].min() - margin), 0, height))
+        x1 = int(np.clip(np.ceil(seen[:, 0].max() + margin), 0, width))
+        y1 = int(np.clip(np.ceil(seen[:, 1].max() + margin), 0, height))
+        if x1 - x0 >= 2 and y1 - y0 >= 2:
+            ratio = scale / 0.8
+            new_w = max(1, round((x1 - x0) * ratio))
+            new_h = max(1, round((y1 - y0) * ratio))
+            crop = cv2.resize(
+                np.ascontiguousarray(image[y0:y1, x0:x1]),
+                (new_w, new_h),
+                interpolation=cv2.INTER_AREA,
+            )
+            # resized pixel q -> source pixel: x0 + (q + 0.5) * (crop_w / new_w) - 0.5
+            back = _scale_matrix((x1 - x0) / new_w, (y1 - y0) / new_h)
+            back[:, 2] += (x0, y0)
+            image, matrix = crop, _compose(matrix, back)
+    return cv2.warpAffine(
+        np.ascontiguousarray(image),
+        matrix.astype(np.float64),
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding with bounded memory
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedImage:
+    """A decoded RGB working image and how it relates to the full-resolution source.
+
+    ``to_source`` maps working-image pixel coordinates to the source's (EXIF-rotated,
+    full-resolution) ones; it is the identity unless the image was reduced to ``max_pixels``.
+    """
+
+    rgb: np.ndarray
+    name: str
+    source_size: tuple[int, int]  # (width, height) of the full-resolution, EXIF-rotated source
+    to_source: np.ndarray = field(default_factory=lambda: _scale_matrix(1.0, 1.0))
+
+
+def _fit_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    factor = math.sqrt(max_pixels / (width * height))
+    return max(1, math.floor(width * factor)), max(1, math.floor(height * factor))
+
+
+def _bounded_pil_to_rgb(
+    image: Image.Image, max_pixels: int, draft: bool
+) -> tuple[np.ndarray, tuple[int, int]]:
+    width, height = image.size
+    orientation = image.getexif().get(0x0112, 1)
+    source_size = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    if draft and width * height > max_pixels and image.format == "JPEG":
+        # smallest power-of-two reduction (the decoder offers 1/2, 1/4, 1/8) that fits
+        factor = 2 ** math.ceil(math.log2(math.sqrt(width * height / max_pixels)))
+        factor = min(factor, 8)
+        image.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+    image = ImageOps.exif_transpose(image)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.width * image.height > max_pixels:
+        image = image.resize(
+            _fit_size(image.width, image.height, max_pixels), Image.BILINEAR, reducing_gap=2.0
+        )
+    return np.asarray(image, dtype=np.uint8).copy(), source_size
+
+
+def load_bounded_rgb(
+    source: ImageInput, max_pixels: int = 20_000_000, name: str = ""
+) -> LoadedImage:
+    """Decode ``source`` (path, PIL image or array) to an RGB uint8 working image.
+
+    Arrays must be uint8 [H, W], [H, W, 1], [H, W, 3] (taken as RGB) or [H, W, 4] (RGBA; alpha
+    dropped). Images above ``max_pixels`` are reduced (JPEG files while decoding, see the module
+    docstring). Other formats, and PIL images passed in (the caller's object is not changed),
+    are decoded as uint8 first, within PIL's decompression-bomb limit, then resized.
+
+    Raises:
+        BadImageError: the file cannot be decoded (truncated, not an image, too large for PIL);
+            the message names it.
+        DataError: an array of the wrong dtype or shape.
+    """
+    if isinstance(source, (str, Path)):
+        name = name or str(source)
+        try:
+            with warnings.catch_warnings():
+                # JPEGs are reduced while decoding; others decode to uint8 only (PIL's hard
+                # limit, DecompressionBombError, still applies)
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(source) as image:
+                    rgb, source_size = _bounded_pil_to_rgb(image, max_pixels, draft=True)
+        except Image.DecompressionBombError as err:
+            raise BadImageError(f"cannot decode image {name!r}: {err}") from err
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            raise BadImageError(f"cannot decode image {name!r}: {err}") from err
+    elif isinstance(source, Image.Image):
+        name = name or getattr(source, "filename", "") or "<PIL image>"
+        try:
+            rgb, source_size = _bounded_pil_to_rgb(source, max_pixels, draft=False)
+        except (OSError, SyntaxError, ValueError) as err:
+            raise BadImageError(f"cannot decode image {name!r}: {err}") from err
+    elif isinstance(source, np.ndarray):
+        name = name or "<array>"
+        rgb = _array_to_rgb(source, name)
+        source_size = (rgb.shape[1], rgb.shape[0])
+        if rgb.shape[0] * rgb.shape[1] > max_pixels:
+            small = Image.fromarray(rgb).resize(
+                _fit_size(rgb.shape[1], rgb.shape[0], max_pixels), Image.BILINEAR, reducing_gap=2.0
+            )
+            rgb = np.asarray(small, dtype=np.uint8).copy()
+    else:
+        raise DataError(
+            f"{name or 'image'}: expected a file path, PIL image or uint8 array, "
+            f"got {type(source).__name__}"
+        )
+    work_h, work_w = rgb.shape[:2]
+    to_source = _scale_matrix(source_size[0] / work_w, source_size[1] / work_h)
+    return LoadedImage(rgb=rgb, name=name, source_size=source_size, to_source=to_source)
+
+
+def _array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
+    if array.dtype != np.uint8:
+        raise DataError(f"{name}: expected a uint8 image array, got dtype {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise DataError(
+            f"{name}: expected an array [H, W], [H, W, 1], [H, W, 3] (RGB) or [H, W, 4] (RGBA), "
+            f"got shape {array.shape}"
+        )
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[:, :, :3])
+
+
+# --------------------------------------------------------------------------------------------
+# MTCNN
+# --------------------------------------------------------------------------------------------
+
+
+class Detections:
+    """Faces found in one image, best score first.
+
+    ``boxes`` [N, 4] (x1, y1, x2, y2), ``scores`` [N], ``landmarks`` [N, 5, 2] (x, y).
+    """
+
+    def __init__(self, boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray) -> None:
+        order = np.argsort(-scores, kind="stable")
+        self.boxes, self.scores, self.landmarks = boxes[order], scores[order], landmarks[order]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def _import_mtcnn() -> Any:
+    try:
+        from facenet_pytorch import MTCNN
+    except ImportError as err:
+        raise RuntimeError(
+            "face detection needs facenet-pytorch (MTCNN and its weights), installed WITHOUT its "
+            "dependencies, whose pins would downgrade torch/numpy/pillow: python -m pip install "
+            f"--no-deps 'facenet-pytorch>=2.5' (`make install` does this). Import failed: {err}"
+        ) from err
+    return MTCNN
+
+
+class MTCNNDetector:
+    """facenet-pytorch's MTCNN (Zhang et al. 2016; weights shipped in its wheel), every face
+    of every image with its five landmarks.
+
+    Args:
+        min_face_size: smallest face searched for, in pixels of the detected image.
+        thresholds: score thresholds of the P-, R- and O-Net stages.
+        pyramid_factor: ratio between successive scales of the image pyramid.
+        device: torch device of the networks.
+    """
+
+    def __init__(
+        self,
+        min_face_size: int = 20,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+        pyramid_factor: float = 0.709,
+        device: str = "cpu",
+    ) -> None:
+        if len(thresholds) != 3:
+            raise ValueError(f"thresholds: expected 3 values (P, R, O net), got {thresholds!r}")
+        if not 0 < pyramid_factor < 1:
+            raise ValueError(f"pyramid_factor: expected a value in (0, 1), got {pyramid_factor}")
+        if min_face_size < 12:
+            raise ValueError(f"min_face_size: expected at least 12 pixels, got {min_face_size}")
+        self.min_face_size = min_face_size
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.pyramid_factor = pyramid_factor
+        self.mtcnn = _import_mtcnn()(
+            min_face_size=min_face_size,
+            thresholds=list(self.thresholds),
+            factor=pyramid_factor,
+            keep_all=True,
+            device=torch.device(device),
+        ).eval()
+
+    @torch.inference_mode()
+    def detect(self, images: np.ndarray) -> list[Detections]:
+        """Faces in a batch of equal-size RGB uint8 images [B, H, W, 3] (or one [H, W, 3])."""
+        pixels = np.asarray(images)
+        if pixels.ndim == 3:
+            pixels = pixels[None]
+        if pixels.ndim != 4 or pixels.shape[-1] != 3:
+            raise ValueError(f"expected RGB images [B, H, W, 3], got shape {pixels.shape}")
+        boxes, scores, landmarks = self.mtcnn.detect(pixels, landmarks=True)
+        results = []
+        for b, s, lm in zip(boxes, scores, landmarks, strict=True):
+            if b is None:
+                results.append(Detections(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))))
+            else:
+                results.append(
+                    Detections(np.asarray(b, float), np.asarray(s, float), np.asarray(lm, float))
+                )
+        return results
+
+
+# --------------------------------------------------------------------------------------------
+# The aligner
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AlignedFace:
+    """One aligned face.
+
+    Attributes:
+        face: RGB uint8 [S, S, 3].
+        landmarks: [5, 2] detected landmarks in the source image (full resolution, EXIF-rotated),
+            ``None`` for a fallback crop.
+        box: detected face box (x1, y1, x2, y2) in the source image; for a fallback, the crop.
+        score: O-Net detection probability (0.0 for a fallback).
+        fallback: True when no face was found and a centred crop was returned instead.
+        matrix: 2 x 3 affine map from source-image pixels to ``face`` pixels.
+        name: the image's path (or a description for in-memory images).
+    """
+
+    face: np.ndarray
+    landmarks: np.ndarray | None
+    box: np.ndarray
+    score: float
+    fallback: bool
+    matrix: np.ndarray
+    name: str = ""
+
+
+@dataclass
+class AlignStats:
+    """Counters over an aligner's life: images aligned, faces detected, centred-crop fallbacks,
+    and images without a face that raised an error."""
+
+    images: int = 0
+    faces: int = 0
+    fallbacks: int = 0
+    no_face_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class FaceAligner:
+    """Detect the face of each image with MTCNN and align it onto the ArcFace template.
+
+    Args:
+        image_size: side of the aligned square face (the template is scaled by image_size/112).
+        select: which face when several are found: ``"largest"`` box, or ``"central"`` (box
+            centre nearest the image centre).
+        no_face: ``"error"`` raises a ``DataError`` naming the image; ``"center_crop"`` returns a
+            centred square crop (flagged ``fallback``; counted in ``stats``), for pre-centred sets
+            such as LFW's deep-funneled images.
+        center_crop_fraction: side of that crop as a fraction of the image's shorter side. The
+            default 0.53 is the median side of the region that MTCNN + ArcFace alignment keeps
+            of LFW's 250 x 250 deep-funneled images (about 132 px); that region's centre lies
+            about 9 px above the image centre, the crop stays centred.
+        device: torch device for detection.
+        max_pixels: larger images are reduced before anything else (JPEG while decoding);
+            alignment works on the reduced image, coordinates are reported at full resolution.
+        detect_size: detection runs on a copy whose longer side is at most this (never upscaled).
+        min_face_size: smallest face searched for, in pixels of that detection copy.
+        thresholds: MTCNN P-, R-, O-Net score thresholds.
+        pyramid_factor: MTCNN image-pyramid ratio.
+        batch_size: images decoded and detected together by ``align_batch`` (bounds memory).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 112,
+        select: Literal["largest", "central"] = "largest",
+        no_face: Literal["error", "center_crop"] = "error",
+        center_crop_fraction: float = 0.53,
+        device: str = "cpu",
+        max_pixels: int = 20_000_000,
+        detect_size: int = 640,
+        min_face_size: int = 20,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
+        pyramid_factor: float = 0.709,
+        batch_size: int = 32,
+    ) -> None:
+        if image_size < 16:
+            raise ValueError(f"image_size: expected at least 16, got {image_size}")
+        if select not in ("largest", "central"):
+            raise ValueError(f"select: expected 'largest' or 'central', got {select!r}")
+        if no_face not in ("error", "center_crop"):
+            raise ValueError(f"no_face: expected 'error' or 'center_crop', got {no_face!r}")
+        if not 0 < center_crop_fraction <= 1:
+            raise ValueError(
+                f"center_crop_fraction: expected a value in (0, 1], got {center_crop_fraction}"
+            )
+        if max_pixels < MIN_IMAGE_SIDE**2 or detect_size < MIN_IMAGE_SIDE or batch_size < 1:
+            raise ValueError("max_pixels, detect_size and batch_size are too small")
+        self.image_size = image_size
+        self.select = select
+        self.no_face = no_face
+        self.center_crop_fraction = center_crop_fraction
+        self.max_pixels = max_pixels
+        self.detect_size = detect_size
+        self.batch_size = batch_size
+        self.detector = MTCNNDetector(min_face_size, thresholds, pyramid_factor, device)
+        self.template = arcface_template(image_size)
+        self.stats = AlignStats()
+
+    def settings(self) -> dict:
+        """JSON-friendly constructor settings (for provenance, e.g. a pack's manifest)."""
+        return {
+            "image_size": self.image_size,
+            "select": self.select,
+            "no_face": self.no_face,
+            "center_crop_fraction": self.center_crop_fraction,
+            "max_pixels": self.max_pixels,
+            "detect_size": self.detect_size,
+            "min_face_size": self.detector.min_face_size,
+            "thresholds": list(self.detector.thresholds),
+            "pyramid_factor": self.detector.pyramid_factor,
+            "template": self.template.tolist(),
+        }
+
+    def reset_stats(self) -> None:
+        self.stats = AlignStats()
+
+    def load(self, image: ImageInput, name: str = "") -> LoadedImage:
+        """Decode ``image`` to the bounded RGB working image; tiny images raise a DataError."""
+        loaded = load_bounded_rgb(image, self.max_pixels, name)
+        height, width = loaded.rgb.shape[:2]
+        if min(height, width) < MIN_IMAGE_SIDE:
+            raise DataError(
+                f"{loaded.name}: image is {width}x{height} pixels; face alignment needs at least "
+                f"{MIN_IMAGE_SIDE} pixels on each side"
+            )
+        return loaded
+
+    def detection_input(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The copy detection runs on (longer side <= detect_size) and its map to ``rgb``."""
+        height, width = rgb.shape[:2]
+        if max(height, width) <= self.detect_size:
+            return rgb, _scale_matrix(1.0, 1.0)
+        factor = self.detect_size / max(height, width)
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        return small, _scale_matrix(width / size[0], height / size[1])
+
+    def align(self, image: ImageInput) -> AlignedFace:
+        """Align one image (path, PIL image, or RGB/gray/RGBA uint8 array)."""
+        return self.align_batch([image])[0]
+
+    def align_batch(self, images: Sequence[ImageInput]) -> list[AlignedFace]:
+        """Align images, detecting ``batch_size`` at a time (equal detection sizes batched)."""
+        results: list[AlignedFace] = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start : start + self.batch_size]
+            names = [
+                "" if isinstance(img, (str, Path)) else f"image #{start + i} ({type(img).__name__})"
+                for i, img in enumerate(chunk)
+            ]
+            loaded = [self.load(img, name) for img, name in zip(chunk, names, strict=True)]
+            inputs = [self.detection_input(item.rgb) for item in loaded]
+            detections: list[Detections | None] = [None] * len(loaded)
+            by_shape: dict[tuple[int, ...], list[int]] = {}
+            for index, (small, _) in enumerate(inputs):
+                by_shape.setdefault(small.shape, []).append(index)
+            for indices in by_shape.values():
+                found = self.detector.detect(np.stack([inputs[i][0] for i in indices]))
+                for index, found_one in zip(indices, found, strict=True):
+                    detections[index] = found_one
+            for item, (_, to_work), found in zip(loaded, inputs, detections, strict=True):
+                results.append(self._align_one(item, to_work, found))
+        return results
+
+    def _choose(self, boxes: np.ndarray, width: int, height: int) -> int:
+        if self.select == "largest":
+            return int(np.argmax(np.prod(boxes[:, 2:4] - boxes[:, 0:2], axis=1)))
+        centres = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
+        return int(np.argmin(np.linalg.norm(centres - (width / 2, height / 2), axis=1)))
+
+    def _align_one(
+        self, item: LoadedImage, to_work: np.ndarray, found: Detections | None
+    ) -> AlignedFace:
+        self.stats.images += 1
+        if found is None or not len(found):
+            return self._no_face(item)
+        self.stats.faces += 1
+        # detection copy -> working image (boxes: continuous coordinates, a pure scaling)
+        work_scale = np.tile(np.diag(to_work[:, :2]), 2)
+        boxes = found.boxes * work_scale
+        pick = self._choose(boxes, item.rgb.shape[1], item.rgb.shape[0])
+        landmarks = _apply(to_work, found.landmarks[pick])
+        matrix = similarity_transform(landmarks, self.template)
+        face = warp_affine(item.rgb, matrix, self.image_size)
+        return AlignedFace(
+            face=face,
+            landmarks=_apply(item.to_source, landmarks),
+            box=boxes[pick] * np.tile(np.diag(item.to_source[:, :2]), 2),
+            score=float(found.scores[pick]),
+            fallback=False,
+            matrix=_compose(matrix, cv2.invertAffineTransform(item.to_source)),
+            name=item.name,
+        )
+
+    def _no_face(self, item: LoadedImage) -> AlignedFace:
+        if self.no_face == "error":
+            self.stats.no_face_errors += 1
+            raise DataError(
+                f"{item.name}: no face found (MTCNN, min_face_size="
+                f"{self.detector.min_face_size}, thresholds={list(self.detector.thresholds)}); "
+                "use no_face='center_crop' for pre-centred images"
+            )
+        self.stats.fallbacks += 1
+        height, width = item.rgb.shape[:2]
+        side = self.center_crop_fraction * min(height, width)
+        x0, y0 = (width - side) / 2, (height - side) / 2
+        scale = self.image_size / side
+        # continuous [x0, x0 + side] -> [0, S]; in pixel-index coordinates (centres at integers)
+        matrix = np.array(
+            [[scale, 0.0, (0.5 - x0) * scale - 0.5], [0.0, scale, (0.5 - y0) * scale - 0.5]]
+        )
+        face = warp_affine(item.rgb, matrix, self.image_size)
+        sx, sy = np.diag(item.to_source[:, :2])
+        return AlignedFace(
+            face=face,
+            landmarks=None,
+            box=np.array([x0 * sx, y0 * sy, (x0 + side) * sx, (y0 + side) * sy]),
+            score=0.0,
+            fallback=True,
+            matrix=_compose(matrix, cv2.invertAffineTransform(item.to_source)),
+            name=item.name,
+        )

@@ -1,0 +1,154 @@
+"""``xcos prepare``: detect, align and pack a verification pair set for fast, repeatable tests.
+
+Each distinct image is aligned once (MTCNN five points -> ArcFace template) and stored in a
+memory-mapped pack (``xcos.data.pack``). Packs can be cached under a key derived from the
+contents of the sources and the alignment settings, so a rerun on the same data is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xcos.data.pack import write_pack
+from xcos.data.pair_sets import PairSet
+
+log = logging.getLogger(__name__)
+
+PREPARE_VERSION = 1  # bump when the preparation changes, so cached packs are rebuilt
+
+
+def subset_folds(pair_set: PairSet, folds: Sequence[int]) -> PairSet:
+    """The pairs of the given folds only, with the images they use (re-indexed)."""
+    keep = np.isin(pair_set.folds, list(folds))
+    if not keep.any():
+        raise ValueError(f"{pair_set.name}: no pairs in folds {list(folds)}")
+    pairs = pair_set.pairs[keep]
+    used, inverse = np.unique(pairs, return_inverse=True)
+    images = (
+        pair_set.images[used]
+        if isinstance(pair_set.images, np.ndarray)
+        else [pair_set.images[i] for i in used]
+    )
+    return PairSet(
+        name=pair_set.name,
+        images=images,
+        pairs=inverse.reshape(-1, 2).astype(np.int64),
+        labels=pair_set.labels[keep],
+        folds=pair_set.folds[keep],
+        extra={
+            key: [v for v, k in zip(values, keep, strict=True) if k]
+            for key, values in pair_set.extra.items()
+        },
+    )
+
+
+def source_digest(pair_set: PairSet, sources: Sequence[Path]) -> str:
+    """sha256 over the source files (pair lists) and every image's bytes, in order."""
+    digest = hashlib.sha256()
+    for path in sources:
+        digest.update(Path(path).read_bytes())
+    if isinstance(pair_set.images, np.ndarray):
+        digest.update(np.ascontiguousarray(pair_set.images).tobytes())
+    else:
+        for path in pair_set.images:
+            digest.update(Path(path).read_bytes())
+    digest.update(pair_set.pairs.tobytes() + pair_set.labels.tobytes() + pair_set.folds.tobytes())
+    return digest.hexdigest()
+
+
+def align_images(pair_set: PairSet, aligner: Any, batch_size: int = 32) -> np.ndarray:
+    """Aligned faces uint8 [M, 3, S, S] for the distinct images of a path-based pair set."""
+    faces = []
+    paths = list(pair_set.images)
+    for start in range(0, len(paths), batch_size):
+        for aligned in aligner.align_batch(paths[start : start + batch_size]):
+            faces.append(aligned.face.transpose(2, 0, 1))
+        log.info("aligned %d / %d images", min(start + batch_size, len(paths)), len(paths))
+    return np.stack(faces).astype(np.uint8)
+
+
+def prepare_pack(
+    pair_set: PairSet,
+    out: str | Path,
+    aligner: Any | None,
+    sources: Sequence[Path] = (),
+    batch_size: int = 32,
+    overwrite: bool = False,
+) -> Path:
+    """Align (when the set holds paths) and write ``pair_set`` as the pack ``out``."""
+    if isinstance(pair_set.images, np.ndarray):
+        faces, alignment = pair_set.images, {"method": "already aligned (source provides faces)"}
+        ids = [f"{pair_set.name}:{i}" for i in range(len(faces))]
+    else:
+        if aligner is None:
+            raise ValueError("prepare: images given as files need a face aligner")
+        faces = align_images(pair_set, aligner, batch_size)
+        stats = aligner.stats
+        alignment = {
+            "settings": aligner_settings(aligner),
+            "stats": stats.as_dict() if hasattr(stats, "as_dict") else dict(stats),
+        }
+        ids = [_relative_id(p) for p in pair_set.images]
+    source = {
+        "files": [str(p) for p in sources],
+        "sha256": source_digest(pair_set, sources),
+        "prepare_version": PREPARE_VERSION,
+    }
+    return write_pack(
+        out,
+        faces,
+        pair_set.pairs,
+        pair_set.labels,
+        pair_set.folds,
+        ids,
+        source,
+        alignment,
+        extra=pair_set.extra or None,
+        overwrite=overwrite,
+    )
+
+
+def aligner_settings(aligner: Any) -> dict[str, Any]:
+    settings = getattr(aligner, "settings", None)
+    return dict(settings() if callable(settings) else settings or {})
+
+
+def _relative_id(path: str) -> str:
+    # "<identity folder>/<file>": enough to find the source again, without machine paths.
+    parts = Path(path).parts
+    return "/".join(parts[-2:]) if len(parts) >= 2 else str(path)
+
+
+def cached_pack(
+    pair_set: PairSet,
+    aligner: Any,
+    sources: Sequence[Path] = (),
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+) -> Path:
+    """The folder of a pack of ``pair_set`` in the cache, made first when absent.
+
+    The cache key hashes the source files, every image, the pairs and the alignment
+    settings, so any change to the data or to the preparation makes a new pack.
+    """
+    cache = Path(cache_dir or os.environ.get("XCOS_CACHE", Path.home() / ".cache" / "xcos"))
+    key = hashlib.sha256(
+        (
+            source_digest(pair_set, sources)
+            + json.dumps(aligner_settings(aligner), sort_keys=True)
+            + str(PREPARE_VERSION)
+        ).encode()
+    ).hexdigest()[:24]
+    folder = cache / "packs" / f"{pair_set.name}-{key}.pack"
+    if not (folder / "manifest.json").is_file():
+        log.info("preparing %s into the cache %s", pair_set.name, folder)
+        prepare_pack(pair_set, folder, aligner, sources, batch_size, overwrite=True)
+    return folder

@@ -1,0 +1,43 @@
+"""LFW end to end: one fold of the real benchmark detected, aligned, packed and evaluated."""
+
+import json
+
+import numpy as np
+import torch
+
+from tests.conftest import DEMO_CONFIG, require_shared
+from xcos.config import load_config
+from xcos.data.align import FaceAligner
+from xcos.data.lfw import read_lfw
+from xcos.data.pack import read_pack
+from xcos.data.prepare import cached_pack, subset_folds
+from xcos.evaluation.evaluator import evaluate_pair_set
+from xcos.models.xcos_model import build_model
+
+
+def test_one_lfw_fold_is_detected_aligned_and_evaluated():
+    lfw = require_shared("data/lfw")
+    fold = subset_folds(read_lfw(str(lfw / "pairs.txt"), str(lfw / "images")), [0])
+    assert len(fold) == 600 and int(fold.labels.sum()) == 300
+    # Cached on disk under a key of the contents (images, pairs, alignment settings), so
+    # only the first run on a machine pays for detection and alignment.
+    aligner = FaceAligner(select="central", no_face="center_crop")
+    folder = cached_pack(fold, aligner, [lfw / "pairs.txt"])
+    manifest = json.loads((folder / "manifest.json").read_text())
+    stats = manifest["alignment"]["stats"]
+    assert stats["images"] == len(fold.images)
+    assert stats["faces"] / stats["images"] >= 0.99, stats  # detection succeeds on >= 99%
+    assert stats["faces"] + stats["fallbacks"] == stats["images"]
+    pack = read_pack(str(folder), "lfw_fold0")
+    assert isinstance(pack.images, np.memmap) and pack.images.shape[1:] == (3, 112, 112)
+    assert (pack.pairs == fold.pairs).all() and (pack.labels == fold.labels).all()
+
+    torch.manual_seed(0)
+    model = build_model(load_config(DEMO_CONFIG).model, num_classes=10).eval()
+    # One fold has a single fold id: score it with 2 contiguous folds of 300 pairs each.
+    pack.folds = np.repeat([0, 1], 300)
+    result = evaluate_pair_set(model, pack, torch.device("cpu"), batch_size=128, flip=True)
+    for score in ("xcos", "cos"):
+        assert np.isfinite(result.scores[score]).all() and len(result.scores[score]) == 600
+        metrics = result.metrics[score]
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["auc"] <= 1.0

@@ -1,0 +1,111 @@
+"""Preparing pair sets into packs: subsets, alignment hand-off, provenance, the cache."""
+
+import io
+import json
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xcos.cli import main
+from xcos.data.images import read_rgb
+from xcos.data.pack import read_pack
+from xcos.data.pair_sets import PairSet, read_pair_csv
+from xcos.data.prepare import cached_pack, prepare_pack, subset_folds
+
+
+@dataclass
+class Aligned:
+    face: np.ndarray
+    fallback: bool = False
+
+
+class CentreCropAligner:
+    """Stands in for the MTCNN aligner where detection is not what is tested."""
+
+    def __init__(self) -> None:
+        self.stats = {"images": 0, "faces": 0, "fallbacks": 0}
+
+    def settings(self) -> dict:
+        return {"method": "test centre crop", "image_size": 16}
+
+    def align_batch(self, paths):
+        self.stats["images"] += len(paths)
+        return [Aligned(read_rgb(p, 16)) for p in paths]
+
+
+def write_csv_set(root, count=6):
+    rng = np.random.default_rng(0)
+    rows = ["path_a,path_b,label,fold"]
+    for k in range(count):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(root / f"{k}.png")
+    for k in range(count):
+        rows.append(f"{k}.png,{(k + 1) % count}.png,{k % 2},{k % 3}")
+    (root / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return root / "pairs.csv"
+
+
+def test_subset_folds_reindexes_images():
+    pair_set = PairSet(
+        "s",
+        ["a", "b", "c", "d"],
+        np.array([[0, 1], [2, 3], [1, 3]]),
+        np.array([1, 0, 1]),
+        np.array([0, 1, 0]),
+        {"note": ["x", "y", "z"]},
+    )
+    sub = subset_folds(pair_set, [0])
+    assert sub.images == ["a", "b", "d"]
+    assert sub.pairs.tolist() == [[0, 1], [1, 2]]
+    assert sub.labels.tolist() == [1, 1] and sub.extra == {"note": ["x", "z"]}
+    with pytest.raises(ValueError, match="no pairs in folds"):
+        subset_folds(pair_set, [7])
+
+
+def test_prepare_csv_into_pack_keeps_pairs_and_provenance(tmp_path):
+    csv_path = write_csv_set(tmp_path)
+    pair_set = read_pair_csv(str(csv_path))
+    aligner = CentreCropAligner()
+    out = prepare_pack(pair_set, tmp_path / "mine.pack", aligner, [csv_path])
+    pack = read_pack(str(out))
+    assert pack.name == "mine" and len(pack) == 6 and pack.images.shape == (6, 3, 16, 16)
+    assert (pack.pairs == pair_set.pairs).all() and (pack.folds == pair_set.folds).all()
+    first = read_rgb(pair_set.images[0], 16)
+    assert (pack.image(0) == first).all()  # RGB, channels restored
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["alignment"]["stats"]["images"] == 6
+    assert len(manifest["source"]["sha256"]) == 64
+
+
+def test_cache_reuses_and_keys_on_content(tmp_path):
+    csv_path = write_csv_set(tmp_path)
+    aligner = CentreCropAligner()
+    cache = tmp_path / "cache"
+    first = read_pack(str(cached_pack(read_pair_csv(str(csv_path)), aligner, [csv_path], cache)))
+    assert aligner.stats["images"] == 6
+    again = read_pack(str(cached_pack(read_pair_csv(str(csv_path)), aligner, [csv_path], cache)))
+    assert aligner.stats["images"] == 6  # served from the cache, nothing aligned again
+    assert (np.asarray(again.images) == np.asarray(first.images)).all()
+    Image.new("RGB", (24, 24), (255, 0, 0)).save(tmp_path / "0.png")  # same name, new content
+    changed = read_pack(str(cached_pack(read_pair_csv(str(csv_path)), aligner, [csv_path], cache)))
+    assert aligner.stats["images"] == 12
+    assert (changed.image(0)[..., 0] == 255).all()
+    assert len(list((cache / "packs").iterdir())) == 2
+
+
+def test_prepare_command_packs_an_insightface_bin(tmp_path, capsys):
+    images = []
+    for k in range(20):
+        buffer = io.BytesIO()
+        Image.new("RGB", (112, 112), (k * 10, 0, 0)).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    (tmp_path / "agedb.bin").write_bytes(pickle.dumps((images, [True, False] * 5)))
+    out = tmp_path / "agedb_30.pack"
+    assert main(["prepare", "--bin", str(tmp_path / "agedb.bin"), "--out", str(out)]) == 0
+    pack = read_pack(str(out))
+    assert len(pack) == 10 and pack.images.shape == (20, 3, 112, 112)
+    assert pack.image(3)[0, 0].tolist() == [30, 0, 0]
+    assert "10 pairs, 20 distinct images" in capsys.readouterr().out
+    assert main(["prepare", "--bin", str(tmp_path / "agedb.bin"), "--out", str(out)]) == 2
