@@ -41,3 +41,75 @@ def test_one_lfw_fold_is_detected_aligned_and_evaluated():
         assert np.isfinite(result.scores[score]).all() and len(result.scores[score]) == 600
         metrics = result.metrics[score]
         assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["auc"] <= 1.0
+
+
+def small_lfw_pairs(lfw, folder, per_half=5):
+    """A View 2 pairs file of 2 folds, each the first matched then mismatched lines of fold 1."""
+    lines = (lfw / "pairs.txt").read_text().splitlines()
+    body = []
+    for fold in range(2):
+        start = 1 + fold * per_half
+        body += lines[start : start + per_half] + lines[300 + start : 300 + start + per_half]
+    path = folder / "pairs.txt"
+    path.write_text("\n".join([f"2 {per_half}", *body]) + "\n")
+    return path
+
+
+def test_prepare_command_and_test_mode_on_lfw_pairs(tmp_path, monkeypatch, capsys):
+    from xcos.cli import main
+
+    lfw = require_shared("data/lfw")
+    pairs = small_lfw_pairs(lfw, tmp_path)
+    out = tmp_path / "lfw_small.pack"
+    args = [
+        "prepare",
+        "--pairs",
+        str(pairs),
+        "--images",
+        str(lfw / "images"),
+        "--out",
+        str(out),
+        "--select",
+        "central",
+        "--no-face",
+        "center_crop",
+    ]
+    assert main(args) == 0
+    assert "20 pairs" in capsys.readouterr().out
+    pack = read_pack(str(out))
+    assert len(pack) == 20 and pack.images.shape[1:] == (3, 112, 112)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["alignment"]["settings"]["select"] == "central"
+    assert len(manifest["source"]["sha256"]) == 64
+
+    # A pairs .txt given straight to test mode is aligned through the cache first.
+    monkeypatch.setenv("XCOS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(load_config(DEMO_CONFIG).model, num_classes=10)
+    torch.save(model.state_dict(), tmp_path / "weights.pth")
+    test = [
+        "test",
+        "-tc",
+        str(DEMO_CONFIG),
+        "--set",
+        "data.synthetic=null",
+        "--set",
+        "test.pair_sets="
+        + json.dumps(
+            [{"type": "lfw", "path": str(pairs), "images": str(lfw / "images")}, str(out)]
+        ),
+        "--set",
+        "test.figures=0",
+        "-p",
+        "weights.pth",
+        "--out",
+        "test",
+        "--device",
+        "cpu",
+    ]
+    assert main(test) == 0
+    metrics = json.loads((tmp_path / "test/metrics.json").read_text())
+    assert set(metrics) == {"lfw", "lfw_small"}
+    assert metrics["lfw"]["xcos"]["accuracy"] == metrics["lfw_small"]["xcos"]["accuracy"]
+    assert list((tmp_path / "cache" / "packs").glob("lfw-*.pack"))

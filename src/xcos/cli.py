@@ -236,7 +236,7 @@ def prepare_command(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.pairs:
-        spec = {"type": "lfw", "path": args.pairs, "images": args.images}
+        spec = {"type": "lfw", "path": args.pairs, "images": args.images, "align": False}
         source = args.pairs
     else:
         source = args.bin or args.csv

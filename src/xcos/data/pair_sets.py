@@ -126,7 +126,33 @@ def load_pair_set(spec: str | dict[str, Any], path: str = "pair_sets") -> PairSe
         if suffix not in readers:
             raise DataError(
                 f"{path}: cannot tell the format of {spec!r}; known extensions: "
-                f"{', '.join(readers)} (or give an object with a 'type': {', '.join(PAIR_SETS.names())})"
+                f"{', '.join(readers)} (or give an object with a 'type': "
+                f"{', '.join(PAIR_SETS.names())})"
             )
         spec = {"type": readers[suffix], "path": spec}
-    return PAIR_SETS.build(spec, path)
+    align = spec.get("align", spec["type"] in ALIGNED_BY_DEFAULT)
+    pair_set = PAIR_SETS.build(spec, path, own_keys=("align",))
+    if align and not isinstance(pair_set.images, np.ndarray):
+        pair_set = aligned_through_cache(pair_set, align, [Path(spec["path"])], f"{path}.align")
+    return pair_set
+
+
+# Readers whose images are never aligned crops (LFW ships 250x250 deep-funneled photos): their
+# images are detected, aligned and cached as a pack unless the spec says "align": false.
+ALIGNED_BY_DEFAULT = {"lfw"}
+LFW_ALIGNMENT = {"select": "central", "no_face": "center_crop"}
+
+
+def aligned_through_cache(
+    pair_set: PairSet, align: bool | dict[str, Any], sources: list[Path], path: str
+) -> PairSet:
+    """The pair set with every image aligned (MTCNN), from the pack cache when possible."""
+    from xcos.data.align import FaceAligner
+    from xcos.data.pack import read_pack
+    from xcos.data.prepare import cached_pack
+    from xcos.registry import check_kwargs
+
+    settings = dict(LFW_ALIGNMENT) if align is True else dict(align)
+    check_kwargs(FaceAligner, settings, path)
+    folder = cached_pack(pair_set, FaceAligner(**settings), sources)
+    return read_pack(str(folder), pair_set.name)

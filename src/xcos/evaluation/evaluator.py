@@ -54,10 +54,8 @@ def embed_images(
     With ``flip``, the features of the horizontally flipped image are flipped back along the
     width axis and added, so each cell still describes the same part of the face.
     """
-    images = _Images(pair_set, image_size or model.input_size)
-    loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers)
     chunks = []
-    for images in loader:
+    for images in _batches(pair_set, image_size or model.input_size, batch_size, num_workers):
         images = images.to(device, non_blocking=True)
         with autocast() if autocast else nullcontext():
             grid = model.embed(images).float()
@@ -65,6 +63,19 @@ def embed_images(
                 grid = grid + model.embed(images.flip(3)).float().flip(3)
         chunks.append(grid.cpu())
     return torch.cat(chunks)
+
+
+def _batches(pair_set: PairSet, size: int, batch_size: int, num_workers: int):
+    """Normalised image batches [B, 3, S, S]; faces already in an array (a pack) are sliced
+    directly, files are decoded by a DataLoader."""
+    faces = pair_set.images
+    if isinstance(faces, np.ndarray) and faces.shape[-1] == size:
+        for start in range(0, len(faces), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(faces[start : start + batch_size]))
+            yield chunk.float().div_(127.5).sub_(1.0)
+        return
+    loader = DataLoader(_Images(pair_set, size), batch_size=batch_size, num_workers=num_workers)
+    yield from loader
 
 
 @torch.no_grad()

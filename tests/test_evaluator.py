@@ -1,0 +1,63 @@
+"""The evaluator: each distinct image embedded once, flip TTA along the width axis."""
+
+import numpy as np
+import torch
+
+from tests.conftest import DEMO_CONFIG
+from xcos.config import load_config
+from xcos.data.pair_sets import PairSet
+from xcos.evaluation.evaluator import embed_images, evaluate_pair_set
+from xcos.models.xcos_model import build_model
+
+CPU = torch.device("cpu")
+
+
+def small_model():
+    torch.manual_seed(0)
+    config = load_config(DEMO_CONFIG, overrides=["model.backbone.input_size=32"])
+    return build_model(config.model, num_classes=3).eval()
+
+
+def array_pair_set(count=12, pairs=40, seed=0):
+    rng = np.random.default_rng(seed)
+    faces = rng.integers(0, 256, (count, 3, 32, 32), dtype=np.uint8)
+    index = rng.integers(0, count, (pairs, 2))
+    labels = np.tile([1, 0], pairs // 2)
+    return PairSet("mem", faces, index, labels, np.repeat(np.arange(10), pairs // 10))
+
+
+def test_each_distinct_image_is_embedded_once():
+    model = small_model()
+    seen = []
+    original = model.embed
+    model.embed = lambda images: (seen.append(len(images)), original(images))[1]
+    pair_set = array_pair_set()
+    result = evaluate_pair_set(model, pair_set, CPU, batch_size=5)
+    assert sum(seen) == 12  # 40 pairs, 12 distinct images: 12 forwards, not 80
+    assert max(seen) <= 5  # streamed in batches
+    # The same scores as forwarding both faces of every pair.
+    faces = torch.from_numpy(pair_set.images).float().div(127.5).sub(1)
+    with torch.no_grad():
+        direct = model.compare(
+            original(faces[pair_set.pairs[:, 0]]), original(faces[pair_set.pairs[:, 1]])
+        )
+    assert np.allclose(result.scores["xcos"], direct["xcos"].numpy(), atol=1e-5)
+
+
+def test_flip_tta_flips_grid_features_along_the_width():
+    model = small_model()
+    faces = array_pair_set().images[:4]
+    mirrored = np.ascontiguousarray(faces[..., ::-1])  # mirror along the width (last axis)
+
+    def grids(images):
+        return embed_images(
+            model,
+            PairSet("m", images, np.zeros((0, 2), int), np.zeros(0), np.zeros(0)),
+            CPU,
+            flip=True,
+        )
+
+    # f(x) + flip_w(f(flip_w(x))) commutes with mirroring: the mirror image's features are the
+    # original's mirrored along the width, and not along the height.
+    assert torch.allclose(grids(mirrored), grids(faces).flip(3), atol=1e-4)
+    assert not torch.allclose(grids(mirrored), grids(faces).flip(2), atol=1e-3)
