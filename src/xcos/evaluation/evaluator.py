@@ -71,7 +71,7 @@ def _batches(pair_set: PairSet, size: int, batch_size: int, num_workers: int):
     faces = pair_set.images
     if isinstance(faces, np.ndarray) and faces.shape[-1] == size:
         for start in range(0, len(faces), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(faces[start : start + batch_size]))
+            chunk = torch.from_numpy(np.array(faces[start : start + batch_size]))  # writable copy
             yield chunk.float().div_(127.5).sub_(1.0)
         return
     loader = DataLoader(_Images(pair_set, size), batch_size=batch_size, num_workers=num_workers)
