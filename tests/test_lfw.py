@@ -113,3 +113,25 @@ def test_prepare_command_and_test_mode_on_lfw_pairs(tmp_path, monkeypatch, capsy
     assert set(metrics) == {"lfw", "lfw_small"}
     assert metrics["lfw"]["xcos"]["accuracy"] == metrics["lfw_small"]["xcos"]["accuracy"]
     assert list((tmp_path / "cache" / "packs").glob("lfw-*.pack"))
+
+
+def test_prepare_command_aligns_a_csv_of_photos(tmp_path, capsys):
+    from xcos.cli import main
+
+    lfw = require_shared("data/lfw/images")
+    names = [
+        "Aaron_Peirsol/Aaron_Peirsol_0001.jpg",
+        "Aaron_Peirsol/Aaron_Peirsol_0002.jpg",
+        "Abdullah_Gul/Abdullah_Gul_0001.jpg",
+        "Abdullah_Gul/Abdullah_Gul_0002.jpg",
+    ]
+    rows = ["path_a,path_b,label"]
+    for k in range(10):  # 10 pairs over 4 photos: 10 contiguous folds of one pair
+        a, b = names[k % 4], names[(k + 1 + k % 2) % 4]
+        rows.append(f"{lfw / a},{lfw / b},{int(a.split('/')[0] == b.split('/')[0])}")
+    (tmp_path / "mine.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "mine.pack"
+    assert main(["prepare", "--csv", str(tmp_path / "mine.csv"), "--out", str(out)]) == 0
+    assert "10 pairs, 4 distinct images, 0 centre-crop fallback(s)" in capsys.readouterr().out
+    pack = read_pack(str(out))
+    assert pack.images.shape == (4, 3, 112, 112) and len(pack) == 10
