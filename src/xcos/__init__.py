@@ -30,6 +30,10 @@ def __getattr__(name: str):
         from xcos.engine.trainer import Trainer
 
         return Trainer
+    if name in ("Verifier", "Explanation"):
+        from xcos.explain import verifier
+
+        return getattr(verifier, name)
     if name == "run_test":
         from xcos.engine.tester import run_test
 
@@ -50,7 +54,9 @@ __all__ = [
     "TARGETS",
     "Config",
     "ConfigError",
+    "Explanation",
     "Trainer",
+    "Verifier",
     "build_model",
     "load_config",
     "run_test",

@@ -16,7 +16,7 @@ from xcos.config import Config, ConfigError, config_diff, load_config, merge_lay
 
 log = logging.getLogger("xcos")
 
-COMMANDS = ("train", "test", "synth", "prepare")
+COMMANDS = ("train", "test", "synth", "prepare", "explain")
 
 
 def run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, help="generator seed (overrides the config)")
     synth.add_argument("--debug", action="store_true")
     prepare_arguments(commands.add_parser("prepare", help="detect, align and pack a pair set"))
+    explain = commands.add_parser("explain", help="verify and explain one pair of faces")
+    explain.add_argument("image_a")
+    explain.add_argument("image_b")
+    explain.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
+    explain.add_argument("--out", help="write the explanation figure (PNG) here")
+    explain.add_argument("--json", help="write the explanation's fields (JSON) here")
+    explain.add_argument("--threshold", type=float, help="decision threshold on the xCos score")
+    explain.add_argument("--metrics", help="take the threshold from a test run's metrics.json")
+    explain.add_argument("--align", choices=("auto", "always", "never"), default="auto")
+    explain.add_argument("--device", default="auto")
+    explain.add_argument("--debug", action="store_true")
     return parser
 
 
@@ -126,6 +137,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return synth_command(args)
     if args.command == "prepare":
         return prepare_command(args)
+    if args.command == "explain":
+        return explain_command(args)
     base, _ = merge_layers(args.template_config)
     config = load_config(args.template_config, args.specified_configs, args.overrides)
     run_dir = choose_run_dir(args, config)
@@ -257,4 +270,25 @@ def prepare_command(args: argparse.Namespace) -> int:
         f"{out}: {len(pair_set)} pairs, {len(pair_set.images)} distinct images, "
         f"{fallbacks} centre-crop fallback(s)"
     )
+    return 0
+
+
+def explain_command(args: argparse.Namespace) -> int:
+    from xcos.explain.verifier import Verifier
+
+    verifier = Verifier.from_checkpoint(
+        args.pretrained, args.threshold, args.metrics, args.device, args.align
+    )
+    result = verifier.explain(args.image_a, args.image_b)
+    verdict = "same person" if result.same else "different people"
+    print(
+        f"xCos {result.score:.4f} (cos {result.cos:.4f}), threshold {result.threshold:.4f}: "
+        f"{verdict}"
+    )
+    if args.out:
+        result.figure().savefig(args.out, bbox_inches="tight")
+        print(f"figure: {args.out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        print(f"json: {args.json}")
     return 0

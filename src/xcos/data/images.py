@@ -33,7 +33,7 @@ def read_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """RGB uint8 [H, W, 3] -> float [3, H, W] normalised as (x / 255 - 0.5) / 0.5."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float()
     return tensor.div_(127.5).sub_(1.0)
 
 

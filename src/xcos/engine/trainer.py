@@ -106,6 +106,7 @@ class Trainer:
         self.sampler = EpochSampler(len(self.dataset), config.seed)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.best: float | None = None
+        self.threshold: float | None = None  # xCos threshold of the monitored validation set
         if resume is not None:
             self._restore(load_checkpoint(resume))
         self.run_log = RunLog(self.run_dir, config.trainer, resume is not None)
@@ -149,6 +150,7 @@ class Trainer:
             "step": self.step,
             "batch_in_epoch": self.batch_in_epoch,
             "best": self.best,
+            "threshold": self.threshold,
             "config": self.cfg.raw,
         }
 
@@ -163,6 +165,7 @@ class Trainer:
         set_rng_states(state["rng"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.batch_in_epoch, self.best = state.get("batch_in_epoch", 0), state.get("best")
+        self.threshold = state.get("threshold")
         log.info("resumed at epoch %d, step %d", self.epoch + 1, self.step)
 
     def _save(self, name: str) -> None:
@@ -262,6 +265,10 @@ class Trainer:
                 if key in values
             }
         self.run_log.epoch(row)
+        if metrics:
+            monitor = self.cfg.validation.monitor
+            name = monitor.pair_set if monitor is not None else next(iter(metrics))
+            self.threshold = metrics[name]["xcos"].get("threshold", self.threshold)
         improved = self._update_best(metrics)
         self._save("last.pth")
         if improved:

@@ -1,0 +1,224 @@
+"""``Verifier``: verify and explain face pairs with a trained xCos model.
+
+v = Verifier.from_checkpoint("best.pth")
+r = v.explain("a.jpg", "b.jpg")        # paths, PIL images, numpy arrays or tensors
+r.score, r.same, r.threshold           # the decision and the threshold it used
+r.patch_cosine, r.attention, r.contribution, r.faces
+r.figure().savefig("pair.png")
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from xcos.config import from_dict
+from xcos.data.images import read_rgb, to_image, to_tensor
+from xcos.engine.checkpoint import load_weights
+from xcos.engine.runtime import resolve_device
+from xcos.explain.figures import pair_figure
+from xcos.models.targets import load_state_dict
+from xcos.models.xcos_model import XCosModel, build_model
+
+ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
+
+
+@dataclass
+class Explanation:
+    """One verified pair. Maps are [h, w]; ``contribution`` = ``patch_cosine * attention``
+    and sums to ``score``; ``faces`` are the two aligned RGB faces actually compared."""
+
+    score: float
+    same: bool
+    threshold: float
+    cos: float
+    patch_cosine: np.ndarray
+    attention: np.ndarray
+    contribution: np.ndarray
+    faces: tuple[np.ndarray, np.ndarray]
+
+    def figure(self) -> Figure:
+        return pair_figure(
+            self.faces[0],
+            self.faces[1],
+            self.patch_cosine,
+            self.attention,
+            self.score,
+            self.cos,
+            threshold=self.threshold,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """The explanation's fields under the API's names, maps as nested lists."""
+        return {
+            "score": self.score,
+            "same": self.same,
+            "threshold": self.threshold,
+            "cos": self.cos,
+            "patch_cosine": self.patch_cosine.tolist(),
+            "attention": self.attention.tolist(),
+            "contribution": self.contribution.tolist(),
+        }
+
+
+class Verifier:
+    """Scores and explains pairs with an xCos model, on ``device``, without gradients.
+
+    Args:
+        model: the xCos model.
+        threshold: the decision threshold on the xCos score (``score > threshold``: same).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        align: ``auto`` aligns (MTCNN) any image that is not already a square of the model's
+            input size; ``always`` / ``never`` force it.
+    """
+
+    def __init__(
+        self,
+        model: XCosModel,
+        threshold: float | None,
+        device: str = "auto",
+        align: str = "auto",
+    ) -> None:
+        if align not in ("auto", "always", "never"):
+            raise ValueError(f"align: expected auto, always or never, got {align!r}")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.threshold = threshold
+        self.align = align
+        self._aligner = None
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        threshold: float | None = None,
+        metrics: str | Path | None = None,
+        device: str = "auto",
+        align: str = "auto",
+    ) -> Verifier:
+        """Build the model from the config stored in an xcos checkpoint and load its weights.
+
+        The threshold is ``threshold`` if given, else the xCos threshold of the first pair set
+        in a test run's ``metrics.json``, else the one the checkpoint stored at validation.
+        """
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        config = state.get("config") if isinstance(state, dict) else None
+        weights = load_state_dict(path, "-p")
+        if not any(key.startswith("head.grid.") for key in weights):
+            raise ValueError(
+                f"-p {str(path)!r} has no xCos head (no head.grid.* weights): it is not an xcos "
+                "model. Train one with `xcos train -tc <config>` (or import a recognizer and "
+                "train the head on it) and pass its checkpoints/best.pth"
+            )
+        if config is None:
+            raise ValueError(
+                f"-p {str(path)!r} holds weights only, without the config that describes the "
+                "model; use a checkpoint written by `xcos train` (checkpoints/best.pth)"
+            )
+        model_cfg = from_dict(_model_config_type(), config["model"], "model")
+        model_cfg.target, model_cfg.identity_head = {"type": "self"}, None
+        model = build_model(model_cfg)
+        load_weights(model, path)
+        if threshold is None and metrics is not None:
+            threshold = threshold_from_metrics(metrics)
+        if threshold is None:
+            threshold = state.get("threshold")
+        return cls(model, threshold, device, align)
+
+    def explain(self, image_a: ImageLike, image_b: ImageLike) -> Explanation:
+        """Verify and explain one pair."""
+        return self.explain_batch([(image_a, image_b)])[0]
+
+    @torch.no_grad()
+    def explain_batch(self, pairs: Sequence[tuple[ImageLike, ImageLike]]) -> list[Explanation]:
+        """Verify and explain many pairs in one forward pass of the backbone."""
+        if self.threshold is None:
+            raise ValueError(
+                "no decision threshold: pass --threshold, or --metrics with a test run's "
+                "metrics.json, or use a checkpoint written after validation"
+            )
+        faces = [
+            self._face(image, f"face {'AB'[k]} of pair {i}")
+            for i, pair in enumerate(pairs)
+            for k, image in enumerate(pair)
+        ]
+        batch = torch.stack([to_tensor(face) for face in faces]).to(self.device)
+        grids = self.model.embed(batch).float()
+        out = {
+            k: v.float().cpu().numpy()
+            for k, v in self.model.compare(grids[0::2], grids[1::2]).items()
+        }
+        return [
+            Explanation(
+                score=float(out["xcos"][i]),
+                same=bool(out["xcos"][i] > self.threshold),
+                threshold=float(self.threshold),
+                cos=float(out["cos"][i]),
+                patch_cosine=out["patch_cosine"][i],
+                attention=out["attention"][i],
+                contribution=out["patch_cosine"][i] * out["attention"][i],
+                faces=(faces[2 * i], faces[2 * i + 1]),
+            )
+            for i in range(len(pairs))
+        ]
+
+    def _face(self, image: ImageLike, which: str) -> np.ndarray:
+        """An aligned RGB uint8 face [S, S, 3] of the model's input size."""
+        size = self.model.input_size
+        if isinstance(image, torch.Tensor):
+            return to_image(image[0] if image.ndim == 4 else image)
+        rgb = _to_rgb(image, which)
+        aligned_already = rgb.shape[0] == rgb.shape[1] == size
+        if self.align == "never" or (self.align == "auto" and aligned_already):
+            return rgb if aligned_already else np.asarray(Image.fromarray(rgb).resize((size, size)))
+        # A path goes to the aligner as is, so that its errors name the file.
+        source = image if isinstance(image, (str, Path)) else rgb
+        try:
+            return self._get_aligner().align(source).face
+        except ValueError as err:  # DataError: no face found, image too small, ...
+            raise ValueError(f"{which}: {err}") from err
+
+    def _get_aligner(self):
+        if self._aligner is None:
+            from xcos.data.align import FaceAligner
+
+            self._aligner = FaceAligner(image_size=self.model.input_size)
+        return self._aligner
+
+
+def _to_rgb(image: ImageLike, which: str) -> np.ndarray:
+    if isinstance(image, (str, Path)):
+        try:
+            return read_rgb(image)
+        except ValueError as err:
+            raise ValueError(f"{which}: {err}") from err
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(f"{which}: expected a uint8 image array, got {array.dtype}")
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return np.ascontiguousarray(array[..., :3])
+
+
+def threshold_from_metrics(path: str | Path) -> float:
+    """The xCos threshold of the first pair set in a test run's metrics.json."""
+    metrics = json.loads(Path(path).read_text())
+    for per_score in metrics.values():
+        return float(per_score["xcos"]["threshold"])
+    raise ValueError(f"{path}: no pair set in this metrics.json")
+
+
+def _model_config_type():
+    from xcos.config import ModelConfig
+
+    return ModelConfig

@@ -1,0 +1,110 @@
+"""Verifier / Explanation API and the `xcos explain` command."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xcos import Verifier
+from xcos.cli import main
+from xcos.engine.trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_synth, tmp_path_factory):
+    from tests.conftest import DEMO_CONFIG, tiny_overrides
+    from xcos.config import load_config
+
+    config = load_config(DEMO_CONFIG, [tiny_overrides(tiny_synth)])
+    run = tmp_path_factory.mktemp("run")
+    Trainer(config, run, torch.device("cpu")).fit()
+    return run / "checkpoints" / "best.pth"
+
+
+def faces(tiny_synth):
+    folder = sorted((tiny_synth / "val").iterdir())[0]
+    return sorted(folder.glob("*.png"))[:2]
+
+
+def test_explain_fields_and_threshold_from_the_checkpoint(checkpoint, tiny_synth):
+    stored = torch.load(checkpoint, weights_only=True)["threshold"]
+    verifier = Verifier.from_checkpoint(checkpoint, device="cpu")
+    a, b = faces(tiny_synth)
+    result = verifier.explain(a, b)
+    assert result.threshold == pytest.approx(stored)
+    assert result.same == (result.score > stored)
+    assert result.patch_cosine.shape == result.attention.shape == (4, 4)
+    assert np.allclose(result.contribution, result.patch_cosine * result.attention)
+    assert result.contribution.sum() == pytest.approx(result.score, abs=1e-5)
+    assert result.faces[0].shape == (64, 64, 3) and result.faces[0].dtype == np.uint8
+    figure = result.figure()
+    assert len(figure.axes) >= 4
+
+
+def test_inputs_as_paths_pil_arrays_tensors_and_grayscale(checkpoint, tiny_synth):
+    verifier = Verifier.from_checkpoint(checkpoint, threshold=0.1, device="cpu")
+    a, b = faces(tiny_synth)
+    reference = verifier.explain(a, b).score
+    pil_a, pil_b = Image.open(a), Image.open(b)
+    assert verifier.explain(pil_a, pil_b).score == pytest.approx(reference, abs=1e-6)
+    assert verifier.explain(np.asarray(pil_a), np.asarray(pil_b)).score == pytest.approx(
+        reference, abs=1e-6
+    )
+    tensor_a = torch.from_numpy(np.array(pil_a)).permute(2, 0, 1).float() / 127.5 - 1
+    tensor_b = torch.from_numpy(np.array(pil_b)).permute(2, 0, 1).float() / 127.5 - 1
+    assert verifier.explain(tensor_a, tensor_b).score == pytest.approx(reference, abs=1e-5)
+    gray = verifier.explain(pil_a.convert("L"), pil_b)
+    assert gray.faces[0].shape == (64, 64, 3)
+    assert verifier.explain(a, a).score == pytest.approx(1.0, abs=1e-5)  # identical: 1
+    assert verifier.threshold == 0.1  # an explicit threshold wins
+
+
+def test_explain_command_writes_figure_and_json(checkpoint, tiny_synth, tmp_path, capsys):
+    a, b = faces(tiny_synth)
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"set": {"xcos": {"threshold": 0.25}, "cos": {}}}))
+    args = [
+        "explain",
+        str(a),
+        str(b),
+        "-p",
+        str(checkpoint),
+        "--metrics",
+        str(metrics),
+        "--out",
+        str(tmp_path / "pair.png"),
+        "--json",
+        str(tmp_path / "pair.json"),
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    saved = json.loads((tmp_path / "pair.json").read_text())
+    assert set(saved) >= {"score", "same", "threshold", "patch_cosine", "attention", "contribution"}
+    assert saved["threshold"] == 0.25 and len(saved["patch_cosine"]) == 4
+    assert Image.open(tmp_path / "pair.png").size[0] > 300
+    assert "threshold 0.2500" in capsys.readouterr().out
+
+
+def test_bad_inputs(checkpoint, tiny_synth, tmp_path, capsys):
+    a, _ = faces(tiny_synth)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    assert main(["explain", str(a), str(bad), "-p", str(checkpoint), "--device", "cpu"]) == 2
+    assert "face B of pair 0: cannot decode image" in capsys.readouterr().err
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (200, 160), (120, 120, 120)).save(flat)
+    assert main(["explain", str(flat), str(a), "-p", str(checkpoint), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "face A of pair 0" in err and "flat.png" in err  # no face detected: names the image
+    state = torch.load(checkpoint, weights_only=True)["model"]
+    no_head = {k: v for k, v in state.items() if not k.startswith("head.")}
+    torch.save(no_head, tmp_path / "backbone_only.pth")
+    assert main(["explain", str(a), str(a), "-p", str(tmp_path / "backbone_only.pth")]) == 2
+    assert "has no xCos head" in capsys.readouterr().err
+    verifier = Verifier.from_checkpoint(checkpoint, device="cpu")
+    verifier.threshold = None
+    with pytest.raises(ValueError, match="no decision threshold"):
+        verifier.explain(a, a)
