@@ -217,9 +217,10 @@ def test_command(args, config: Config, run_dir: Path, device) -> int:
     summary = run_test(config, run_dir, device, args.pretrained)
     log.info("%s", format_table(summary))
     log.info(
-        "metrics: %s, scores: %s, figures: %s",
+        "metrics: %s, scores: %s, ROC: %s, figures: %s",
         run_dir / "metrics.json",
         run_dir / "scores",
+        run_dir / "roc",
         run_dir / "figures",
     )
     return 0
