@@ -326,8 +326,6 @@ def _is_structured(annotation: Any) -> bool:
 
 
 def _registry(name: str) -> Any:
-    # Imported lazily: the registries are filled when the component modules are imported.
-    import xcos.components  # noqa: F401  (registers everything)
-    from xcos import registry
+    from xcos import registry  # lazily: registry modules import the config module
 
     return getattr(registry, name)

@@ -64,12 +64,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_weights(model: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+def load_weights(
+    model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None
+) -> tuple[list[str], list[str]]:
     """Load weights non-strictly; shape mismatches and no overlap at all are errors.
 
+    ``state`` is the state dict already read from ``path`` (read here when not given).
     Returns (missing keys, unexpected keys) for the caller to report.
     """
-    state = load_state_dict(path, "-p")
+    state = load_state_dict(path, "-p") if state is None else state
     own = model.state_dict()
     mismatched = [
         f"{key} {tuple(value.shape)} vs model {tuple(own[key].shape)}"

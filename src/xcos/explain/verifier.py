@@ -20,12 +20,12 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from xcos.config import from_dict
+from xcos.config import ModelConfig, from_dict
 from xcos.data.images import read_rgb, to_image, to_tensor
 from xcos.engine.checkpoint import load_weights
 from xcos.engine.runtime import resolve_device
 from xcos.explain.figures import pair_figure
-from xcos.models.targets import load_state_dict
+from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import XCosModel, build_model
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
@@ -109,9 +109,9 @@ class Verifier:
         The threshold is ``threshold`` if given, else the xCos threshold of the first pair set
         in a test run's ``metrics.json``, else the one the checkpoint stored at validation.
         """
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        state = read_checkpoint(path, "-p")  # read once: weights, config and threshold
         config = state.get("config") if isinstance(state, dict) else None
-        weights = load_state_dict(path, "-p")
+        weights = state_dict_of(state, path, "-p")
         if not any(key.startswith("head.grid.") for key in weights):
             raise ValueError(
                 f"-p {str(path)!r} has no xCos head (no head.grid.* weights): it is not an xcos "
@@ -123,10 +123,10 @@ class Verifier:
                 f"-p {str(path)!r} holds weights only, without the config that describes the "
                 "model; use a checkpoint written by `xcos train` (checkpoints/best.pth)"
             )
-        model_cfg = from_dict(_model_config_type(), config["model"], "model")
+        model_cfg = from_dict(ModelConfig, config["model"], "model")
         model_cfg.target, model_cfg.identity_head = {"type": "self"}, None
         model = build_model(model_cfg)
-        load_weights(model, path)
+        load_weights(model, path, weights)
         if threshold is None and metrics is not None:
             threshold = threshold_from_metrics(metrics)
         if threshold is None:
@@ -216,9 +216,3 @@ def threshold_from_metrics(path: str | Path) -> float:
     for per_score in metrics.values():
         return float(per_score["xcos"]["threshold"])
     raise ValueError(f"{path}: no pair set in this metrics.json")
-
-
-def _model_config_type():
-    from xcos.config import ModelConfig
-
-    return ModelConfig

@@ -67,18 +67,27 @@ class PretrainedTarget(nn.Module):
         return (embedding_a * embedding_b).sum(dim=1)
 
 
-def load_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """Read weights safely (no code runs) from a plain state dict or an xcos checkpoint."""
+def read_checkpoint(path: str | Path, what: str) -> Any:
+    """Read a torch file safely (``weights_only=True``: no code runs); errors name ``what``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what}: weights file {str(path)!r} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
         raise ValueError(f"{what}: cannot read {str(path)!r} as safe torch weights: {err}") from err
+
+
+def state_dict_of(data: Any, path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The state dict in ``data``: a plain one, or under ``model`` / ``state_dict``."""
     for key in ("model", "state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise ValueError(f"{what}: {str(path)!r} does not hold a state dict of tensors")
     return data
+
+
+def load_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """Read weights safely (no code runs) from a plain state dict or an xcos checkpoint."""
+    return state_dict_of(read_checkpoint(path, what), path, what)
