@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -30,7 +31,13 @@ FULL_WIDTH_NAME = "ir_se"
 
 
 def _cases() -> list[tuple[str, int, float, int | None]]:
-    names = BACKBONES.names()
+    # The IResNet family: every registered backbone taking depth / width (dlib_resnet is a
+    # fixed network with its own tests in test_dlib.py).
+    names = [
+        name
+        for name in BACKBONES.names()
+        if {"depth", "width"} <= set(inspect.signature(BACKBONES.get(name)).parameters)
+    ]
     cases = [(name, *combo) for name in names for combo in COMBOS]
     cases.append((FULL_WIDTH_NAME if FULL_WIDTH_NAME in names else names[0], 50, 1.0, 512))
     return cases

@@ -29,18 +29,26 @@ class SelfTarget(nn.Module):
 class PretrainedTarget(nn.Module):
     """A frozen pretrained recognizer; the target is the cosine of its two embeddings.
 
-    The network is loaded from ``checkpoint`` (a state dict, read with ``weights_only=True``),
-    never receives gradients and stays in eval mode even when the model is put in train mode
-    (the original code let dropout and BN statistics corrupt its target).
+    The network is loaded from ``checkpoint`` when one is given (a state dict, read with
+    ``weights_only=True``), never receives gradients and stays in eval mode even when the model
+    is put in train mode (the original code let dropout and BN statistics corrupt its target).
 
     Args:
-        checkpoint: path of the recognizer's weights.
+        checkpoint: path of the recognizer's weights; ``None`` loads nothing here, for models
+            whose checkpoint carries the target's weights (``target.network.*``), such as an
+            imported original xCos release.
         backbone: backbone config of the recognizer (must produce an ``embedding``).
     """
 
-    def __init__(self, checkpoint: str, backbone: dict[str, Any]) -> None:
+    def __init__(self, checkpoint: str | None = None, *, backbone: dict[str, Any]) -> None:
         super().__init__()
         self.network = BACKBONES.build(backbone, "model.target.backbone")
+        if checkpoint is not None:
+            self._load(checkpoint)
+        self.network.requires_grad_(False)
+        self.network.eval()
+
+    def _load(self, checkpoint: str) -> None:
         state = load_state_dict(checkpoint, "model.target.checkpoint")
         missing, unexpected = self.network.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -49,8 +57,6 @@ class PretrainedTarget(nn.Module):
                 f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
                 f"({len(unexpected)})"
             )
-        self.network.requires_grad_(False)
-        self.network.eval()
 
     def train(self, mode: bool = True) -> PretrainedTarget:
         super().train(mode)

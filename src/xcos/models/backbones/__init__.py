@@ -1,6 +1,17 @@
 """Backbones; importing this package registers them in ``xcos.registry.BACKBONES``."""
 
-from xcos.models.backbones import iresnet
+from xcos.models.backbones import arcface_torch, dlib_resnet, iresnet
+from xcos.models.backbones.arcface_torch import ArcFaceIResNet
+from xcos.models.backbones.dlib_resnet import DlibResNet
 from xcos.models.backbones.iresnet import IResNet, ir, ir_se
 
-__all__ = ["IResNet", "ir", "ir_se", "iresnet"]
+__all__ = [
+    "ArcFaceIResNet",
+    "DlibResNet",
+    "IResNet",
+    "arcface_torch",
+    "dlib_resnet",
+    "ir",
+    "ir_se",
+    "iresnet",
+]

@@ -25,7 +25,15 @@ from torch import nn
 
 from xcos.registry import BACKBONES
 
-__all__ = ["UNITS_PER_STAGE", "IResNet", "ir", "ir_se", "scaled_channels"]
+__all__ = [
+    "UNITS_PER_STAGE",
+    "IResNet",
+    "check_resnet_arguments",
+    "init_face_resnet",
+    "ir",
+    "ir_se",
+    "scaled_channels",
+]
 
 #: Units per stage for each supported depth.
 UNITS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
@@ -39,6 +47,47 @@ UNITS_PER_STAGE: dict[int, tuple[int, int, int, int]] = {
 
 _BASE_CHANNELS = (64, 128, 256, 512)
 _SE_REDUCTION = 16
+
+
+def init_face_resnet(module: nn.Module) -> None:
+    """Kaiming-normal (fan_out) convs and linears, zero biases, BN 1/0, PReLU 0.25."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.reset_running_stats()
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.PReLU):
+            nn.init.constant_(m.weight, 0.25)
+
+
+def check_resnet_arguments(
+    name: str,
+    depths: dict[int, tuple[int, ...]],
+    depth: int,
+    width: float,
+    embedding_dim: int | None,
+    dropout: float,
+    input_size: int,
+) -> None:
+    """Refuse impossible settings of a face ResNet, naming the value at fault."""
+    if depth not in depths:
+        allowed = ", ".join(str(d) for d in depths)
+        raise ValueError(f"{name} depth must be one of {allowed}; got {depth!r}")
+    if not width > 0:
+        raise ValueError(f"{name} width must be positive; got {width!r}")
+    if input_size <= 0 or input_size % 16 != 0:
+        raise ValueError(
+            f"{name} input_size must be a positive multiple of 16 (112 -> 7 x 7 grid); "
+            f"got {input_size!r}"
+        )
+    if embedding_dim is not None and embedding_dim <= 0:
+        raise ValueError(f"{name} embedding_dim must be positive or None; got {embedding_dim!r}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{name} dropout must be in [0, 1); got {dropout!r}")
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -122,23 +171,9 @@ class IResNet(nn.Module):
         input_size: int = 112,
     ) -> None:
         super().__init__()
-        if depth not in UNITS_PER_STAGE:
-            allowed = ", ".join(str(d) for d in UNITS_PER_STAGE)
-            raise ValueError(f"IResNet depth must be one of {allowed}; got {depth!r}")
-        if not width > 0:
-            raise ValueError(f"IResNet width must be positive; got {width!r}")
-        if input_size <= 0 or input_size % 16 != 0:
-            raise ValueError(
-                f"IResNet input_size must be a positive multiple of 16 (112 -> 7 x 7 grid); "
-                f"got {input_size!r}"
-            )
-        if embedding_dim is not None and embedding_dim <= 0:
-            raise ValueError(
-                f"IResNet embedding_dim must be positive or None; got {embedding_dim!r}"
-            )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"IResNet dropout must be in [0, 1); got {dropout!r}")
-
+        check_resnet_arguments(
+            "IResNet", UNITS_PER_STAGE, depth, width, embedding_dim, dropout, input_size
+        )
         channels = [scaled_channels(c, width) for c in _BASE_CHANNELS]
         self.depth = depth
         self.use_se = use_se
@@ -173,18 +208,8 @@ class IResNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Kaiming-normal (fan_out) convs and linears, zero biases, BN 1/0, PReLU 0.25."""
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                m.reset_running_stats()
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.PReLU):
-                nn.init.constant_(m.weight, 0.25)
+        """See ``init_face_resnet``."""
+        init_face_resnet(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, 3, H, W] -> grid [B, out_channels, H/16, W/16]``."""

@@ -1,0 +1,245 @@
+"""dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1``) in PyTorch.
+
+A layer-for-layer port: with the released weights its 128-d descriptors equal dlib's
+``face_recognition_model_v1.compute_face_descriptor`` to float32 rounding. For a 150 x 150 chip::
+
+    stem    con 7x7/2 (no padding) -> affine -> relu -> max_pool 3x3/2 (no padding)  [32, 35, 35]
+    level4  3 residual blocks                                                       [32, 35, 35]
+    level3  1 down-sampling + 3 residual blocks                                     [64, 17, 17]
+    level2  1 down-sampling + 2 residual blocks                                    [128, 8, 8]
+    level1  1 down-sampling + 2 residual blocks                                    [256, 4, 4]
+    level0  1 down-sampling block                                                   [256, 2, 2]
+    head    mean over the map -> fc 256 -> 128 without bias                         [128]
+
+    block   con 3x3/s -> affine -> relu -> con 3x3/1 -> affine; out = relu(shortcut + block)
+            shortcut: the input, or avg_pool 2x2/2 of it (no padding) when s = 2
+
+``affine`` is dlib's batch norm folded into a fixed per-channel ``scale * x + shift``. dlib pads
+``k // 2`` only when the stride is 1, and its ``add_prev`` adds tensors of different shapes by
+zero-padding the smaller one at the end of the channels, rows and columns; the port does both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xcos.engine.checkpoint import save_checkpoint
+from xcos.models.dlib_format import (
+    DLIB_MEANS,
+    EMBEDDING_DIM,
+    INPUT_SIZE,
+    LEVELS,
+    STEM_CHANNELS,
+    STEM_KERNEL,
+    DlibResNetWeights,
+    find_dlib_weights,
+    read_dlib_resnet,
+)
+from xcos.models.targets import load_state_dict
+from xcos.registry import BACKBONES
+
+__all__ = ["Affine", "DlibResNet", "cached_dlib_weights", "convert_dlib_weights"]
+
+#: Which level's map is the xCos grid: level -> (channels, side) for a 150 x 150 input.
+GRID_LEVELS = {2: (128, 8), 1: (256, 4)}
+_LEVEL_NAMES = [name for name, *_ in LEVELS]
+
+
+class Affine(nn.Module):
+    """dlib's ``affine_``: ``[B, C, H, W] -> scale[c] * x + shift[c]`` (batch norm folded)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
+def add_prev(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """dlib's ``add_prev`` of ``[B, C, H, W]`` maps: the sum on the larger size in each
+    dimension, the smaller operand zero-padded at the end of channels, rows and columns."""
+    if a.shape == b.shape:
+        return a + b
+    size = [max(p, q) for p, q in zip(a.shape[1:], b.shape[1:], strict=True)]
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        channels, rows, cols = (s - d for s, d in zip(size, t.shape[1:], strict=True))
+        return F.pad(t, (0, cols, 0, rows, 0, channels))
+
+    return padded(a) + padded(b)
+
+
+def _conv(in_channels: int, out_channels: int, kernel: int, stride: int) -> nn.Conv2d:
+    # dlib pads kernel // 2 only for stride 1: its stride-2 convolutions are unpadded.
+    padding = kernel // 2 if stride == 1 else 0
+    return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding)
+
+
+class ResidualBlock(nn.Module):
+    """dlib's ``ares`` (stride 1) or ``ares_down`` (stride 2):
+    ``[B, in, H, W] -> [B, out, H', W']`` with ``H' = H`` or ``(H - 2) // 2 + 1``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.conv1 = _conv(in_channels, out_channels, 3, stride)
+        self.affine1 = Affine(out_channels)
+        self.conv2 = _conv(out_channels, out_channels, 3, 1)
+        self.affine2 = Affine(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.affine2(self.conv2(F.relu(self.affine1(self.conv1(x)))))
+        shortcut = F.avg_pool2d(x, 2, 2) if self.stride == 2 else x
+        # Down-sampling blocks of level1 / level0 make a 3x3 (1x1) branch against a 4x4 (2x2)
+        # shortcut, and every down-sampling block doubles channels (but level0's): add_prev pads.
+        return F.relu(add_prev(shortcut, branch))
+
+
+def _level(in_channels: int, channels: int, blocks: int, halves: bool) -> nn.Sequential:
+    strides = [2 if halves and i == 0 else 1 for i in range(blocks)]
+    ins = [in_channels] + [channels] * (blocks - 1)
+    return nn.Sequential(
+        *(ResidualBlock(i, channels, s) for i, s in zip(ins, strides, strict=True))
+    )
+
+
+@BACKBONES.register("dlib_resnet")
+class DlibResNet(nn.Module):
+    """dlib's face ResNet returning an xCos grid and dlib's 128-d descriptor.
+
+    Args:
+        level: which map is the grid: 2 -> [B, 128, 8, 8], 1 -> [B, 256, 4, 4].
+        weights: ``"auto"``: the installed face-recognition-models .dat, converted once into
+            the cache (``$XCOS_CACHE/dlib``, default ``~/.cache/xcos/dlib``); a ``.dat`` path:
+            parsed directly; a ``.pth`` path: a state dict from :func:`convert_dlib_weights`;
+            ``None``: random initialisation (tests).
+
+    Input: ``[B, 3, 150, 150]`` RGB normalised as ``(x / 255 - 0.5) / 0.5`` (xcos' ``to_tensor``)
+    of dlib chips (``face_template = "dlib"``); it is mapped back to dlib's own normalisation,
+    ``(pixel - mean[c]) / 256``, with the means stored in the file (buffer ``means``).
+    """
+
+    input_size = INPUT_SIZE
+    embedding_dim = EMBEDDING_DIM
+    face_template = "dlib"
+
+    def __init__(self, level: int = 2, weights: str | None = "auto") -> None:
+        super().__init__()
+        if level not in GRID_LEVELS:
+            allowed = " or ".join(str(k) for k in GRID_LEVELS)
+            raise ValueError(f"DlibResNet level must be {allowed}; got {level!r}")
+        self.level = level
+        self.out_channels, self.grid_size = GRID_LEVELS[level]
+        self.register_buffer("means", torch.tensor(DLIB_MEANS, dtype=torch.float32))
+        self.stem = nn.Sequential(
+            _conv(3, STEM_CHANNELS, STEM_KERNEL, 2),
+            Affine(STEM_CHANNELS),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2),  # unpadded, like every stride-2 layer of dlib
+        )
+        channels = STEM_CHANNELS
+        for name, width, blocks, halves in LEVELS:
+            self.add_module(name, _level(channels, width, blocks, halves))
+            channels = width
+        self.fc = nn.Linear(channels, EMBEDDING_DIM, bias=False)
+        if weights is not None:
+            self._load(weights)
+
+    def _load(self, weights: str) -> None:
+        if weights == "auto":
+            self.load_state_dict(load_state_dict(cached_dlib_weights(), "dlib_resnet weights"))
+        elif str(weights).endswith(".dat"):
+            self.load_dlib_weights(read_dlib_resnet(weights))
+        elif str(weights).endswith(".pth"):
+            self.load_state_dict(load_state_dict(weights, "dlib_resnet weights"))
+        else:
+            raise ValueError(
+                f"DlibResNet weights must be 'auto', a .dat or .pth path, or None; got {weights!r}"
+            )
+
+    def load_dlib_weights(self, params: DlibResNetWeights) -> None:
+        """Copy parsed .dat parameters in; convs and affines are consumed in forward order."""
+        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+        affines = [m for m in self.modules() if isinstance(m, Affine)]
+        if len(convs) != len(params.conv_weights) or len(affines) != len(params.affine_scales):
+            raise ValueError("parsed dlib weights do not match DlibResNet's layer count")
+        with torch.no_grad():
+            for conv, weight, bias in zip(
+                convs, params.conv_weights, params.conv_biases, strict=True
+            ):
+                conv.weight.copy_(torch.from_numpy(weight))
+                conv.bias.copy_(torch.from_numpy(bias))
+            for affine, scale, shift in zip(
+                affines, params.affine_scales, params.affine_shifts, strict=True
+            ):
+                affine.weight.copy_(torch.from_numpy(scale))
+                affine.bias.copy_(torch.from_numpy(shift))
+            self.fc.weight.copy_(torch.from_numpy(params.fc_weight))
+            self.means.copy_(torch.from_numpy(params.means))
+
+    def _dlib_input(self, x: torch.Tensor) -> torch.Tensor:
+        """xcos normalisation ``pixel / 127.5 - 1`` -> dlib's ``(pixel - mean[c]) / 256``."""
+        pixels = (x + 1.0) * 127.5
+        return (pixels - self.means.view(1, 3, 1, 1)) / 256.0
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [B, 3, 150, 150] -> grid [B, out_channels, grid_size, grid_size]``: the map after
+        the last relu of level ``self.level``."""
+        x = self.stem(self._dlib_input(x))
+        for name in _LEVEL_NAMES[: _LEVEL_NAMES.index(f"level{self.level}") + 1]:
+            x = self.get_submodule(name)(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``x [B, 3, 150, 150]`` -> ``{"grid": [B, C, g, g], "embedding": [B, 128]}``.
+
+        ``"embedding"`` is dlib's raw descriptor (not L2-normalised; dlib compares descriptors
+        by Euclidean distance, same person below 0.6).
+        """
+        grid = self.forward_features(x)
+        x = grid
+        for name in _LEVEL_NAMES[_LEVEL_NAMES.index(f"level{self.level}") + 1 :]:
+            x = self.get_submodule(name)(x)
+        return {"grid": grid, "embedding": self.fc(x.mean(dim=(2, 3)))}
+
+    def extra_repr(self) -> str:
+        return f"level={self.level}, out_channels={self.out_channels}, grid_size={self.grid_size}"
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_dlib_weights(dat: str | Path, out: str | Path) -> Path:
+    """Write the .dat's parameters as a plain :class:`DlibResNet` state dict (atomically).
+
+    The result loads with ``DlibResNet(weights=str(out))`` (any ``level``) without numpy parsing.
+    """
+    model = DlibResNet(weights=None)
+    model.load_dlib_weights(read_dlib_resnet(dat))
+    out = Path(out)
+    save_checkpoint(model.state_dict(), out)
+    return out
+
+
+def cached_dlib_weights(dat: str | Path | None = None) -> Path:
+    """The converted state dict of ``dat`` (default: the installed package's .dat), made on
+    first use as ``$XCOS_CACHE/dlib/<first 16 hex digits of the .dat's sha256>.pth``."""
+    dat = Path(dat) if dat is not None else find_dlib_weights()
+    cache = Path(os.environ.get("XCOS_CACHE") or Path.home() / ".cache" / "xcos")
+    out = cache / "dlib" / f"{_file_digest(dat)[:16]}.pth"
+    if not out.is_file():
+        convert_dlib_weights(dat, out)
+    return out
