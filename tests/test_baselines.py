@@ -17,7 +17,7 @@ from xcos.explain.baselines import (
     default_layer,
     xcos_target,
 )
-from xcos.models.xcos_model import build_model
+from xcos.models.xcos_model import build_model, split_faces
 
 SIZE = 64  # a 4 x 4 grid
 
@@ -73,8 +73,8 @@ def test_xcos_contribution_sums_to_the_xcos_score(model, pair):
     model.eval()
     explanation = XCosContribution().explain(model, *pair)
     with torch.no_grad():
-        grid_a, grid_b = model.embed(torch.stack(pair)).chunk(2)
-        xcos = float(model.compare(grid_a, grid_b)["xcos"][0])
+        faces_a, faces_b = split_faces(model.embed(torch.stack(pair)))
+        xcos = float(model.compare(faces_a, faces_b)["xcos"][0])
     assert explanation.score == pytest.approx(xcos, abs=1e-6)
     assert float(explanation.map.sum()) == pytest.approx(xcos, abs=1e-5)
 
@@ -102,8 +102,8 @@ def test_gradcam_matches_a_hand_computation(model, pair):
     caught = {}
     handle = layer.register_forward_hook(lambda m, i, o: caught.setdefault("map", o))
     try:
-        grid_a, grid_b = model.embed(torch.stack(pair)).chunk(2)
-        cos = model.compare(grid_a, grid_b)["cos"][0]
+        faces_a, faces_b = split_faces(model.embed(torch.stack(pair)))
+        cos = model.compare(faces_a, faces_b)["cos"][0]
         (gradient,) = torch.autograd.grad(cos, caught["map"])
     finally:
         handle.remove()
@@ -163,8 +163,8 @@ def test_occlusion_matches_one_cell_occluded_by_hand(model, pair):
         face[:, cell : 2 * cell, 2 * cell : 3 * cell] = face.mean(dim=(1, 2), keepdim=True)
         occluded.append(face)
     with torch.no_grad():
-        grid_a, grid_b = model.embed(torch.stack(occluded)).chunk(2)
-        score = float(model.compare(grid_a, grid_b)["cos"][0])
+        faces_a, faces_b = split_faces(model.embed(torch.stack(occluded)))
+        score = float(model.compare(faces_a, faces_b)["cos"][0])
     assert explanation.map[1, 2] == pytest.approx(explanation.score - score, abs=1e-5)
 
 

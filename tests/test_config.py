@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import DEMO_CONFIG
+from tests.conftest import DEMO_CONFIG, REPO
 from xcos.config import ConfigError, config_diff, deep_merge, load_config, parse_override
 from xcos.registry import BACKBONES, Registry
 
@@ -135,3 +135,9 @@ def test_changing_a_component_type_replaces_the_section():
     )
     assert merged == {"s": {"type": "StepLR", "step_size": 2}}
     assert deep_merge({"s": {"type": "A", "x": 1}}, {"s": {"x": 2}}) == {"s": {"type": "A", "x": 2}}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    config = load_config(path)
+    assert config.name and config.model.head["type"] == "xcos"

@@ -55,7 +55,7 @@ def test_flip_tta_flips_grid_features_along_the_width():
             PairSet("m", images, np.zeros((0, 2), int), np.zeros(0), np.zeros(0)),
             CPU,
             flip=True,
-        )
+        )["grid"]
 
     # f(x) + flip_w(f(flip_w(x))) commutes with mirroring: the mirror image's features are the
     # original's mirrored along the width, and not along the height.

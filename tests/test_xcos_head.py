@@ -94,3 +94,16 @@ def test_detached_cosine_path_trains_only_the_attention(head):
     head.detach_cosine = False
     out = head(a, b)
     assert torch.autograd.grad(out["patch_cosine"].sum(), a)[0].abs().sum() > 0
+
+
+def test_grid_hidden_adds_a_per_cell_layer_and_keeps_cells_local():
+    head = XCosHead(in_channels=24, grid_channels=8, grid_hidden=16).eval()
+    assert head.grid[0].weight.shape == (16, 24, 1, 1)
+    features = torch.randn(2, 24, 4, 4)
+    changed = features.clone()
+    changed[:, :, 1, 2] += 5.0
+    with torch.no_grad():
+        before, after = head.grid_features(features), head.grid_features(changed)
+    moved = (before - after).abs().amax(dim=(0, 1))
+    assert moved[1, 2] > 0 and moved.sum() == moved[1, 2]  # only the changed cell moves
+    assert set(XCosHead(in_channels=24).state_dict()) >= {"grid.0.weight", "grid.1.weight"}

@@ -1,4 +1,7 @@
-"""Command line: ``xcos train|test|synth`` and the classic ``python main.py -tc config.json``."""
+"""Command line: ``xcos <command>`` and the classic ``python main.py -tc config.json``.
+
+Commands: train, test, synth, prepare, explain, import, lfw-protocol.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
+from xcos.cli_recognizers import (
+    add_import_parser,
+    add_protocol_parser,
+    import_command,
+    protocol_command,
+)
 from xcos.config import Config, ConfigError, config_diff, load_config, merge_layers
 
 log = logging.getLogger("xcos")
 
-COMMANDS = ("train", "test", "synth", "prepare", "explain")
+COMMANDS = ("train", "test", "synth", "prepare", "explain", "import", "lfw-protocol")
 
 
 def run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--align", choices=("auto", "always", "never"), default="auto")
     explain.add_argument("--device", default="auto")
     explain.add_argument("--debug", action="store_true")
+    add_import_parser(commands)
+    add_protocol_parser(commands, run_arguments)
     return parser
 
 
@@ -82,6 +93,13 @@ def prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the pack folder to write (<name>.pack)")
     parser.add_argument("--folds", type=int, nargs="+", help="keep only these folds")
     parser.add_argument("--select", choices=("largest", "central"), default="largest")
+    parser.add_argument(
+        "--template",
+        choices=("arcface", "dlib"),
+        default="arcface",
+        help="face layout: ArcFace 112x112, or dlib's 150x150 chip (for dlib_resnet)",
+    )
+    parser.add_argument("--size", type=int, help="side of the aligned faces (default: template's)")
     parser.add_argument(
         "--no-face",
         choices=("error", "center_crop"),
@@ -127,8 +145,16 @@ def is_user_error(err: Exception) -> bool:
     from xcos.data.image_folder import DataError
     from xcos.data.images import BadImageError
     from xcos.engine.trainer import NonFiniteLossError
+    from xcos.models.dlib_format import DlibFormatError
 
-    user_errors = (ConfigError, DataError, BadImageError, NonFiniteLossError, FileNotFoundError)
+    user_errors = (
+        ConfigError,
+        DataError,
+        BadImageError,
+        NonFiniteLossError,
+        FileNotFoundError,
+        DlibFormatError,
+    )
     return isinstance(err, user_errors) or type(err) in (ValueError, RuntimeError, KeyError)
 
 
@@ -139,6 +165,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return prepare_command(args)
     if args.command == "explain":
         return explain_command(args)
+    if args.command == "import":
+        return import_command(args)
     base, _ = merge_layers(args.template_config)
     config = load_config(args.template_config, args.specified_configs, args.overrides)
     run_dir = choose_run_dir(args, config)
@@ -157,6 +185,8 @@ def dispatch(args: argparse.Namespace) -> int:
     prepare_data(config)
     if args.command == "train":
         return train_command(args, config, run_dir, device)
+    if args.command == "lfw-protocol":
+        return protocol_command(args, config, run_dir, device)
     return test_command(args, config, run_dir, device)
 
 
@@ -262,8 +292,13 @@ def prepare_command(args: argparse.Namespace) -> int:
     if not isinstance(pair_set.images, np.ndarray):
         from xcos.data.align import FaceAligner
 
+        size = args.size or (150 if args.template == "dlib" else 112)
         aligner = FaceAligner(
-            select=args.select, no_face=args.no_face, device=str(resolve_device(args.device))
+            image_size=size,
+            template=args.template,
+            select=args.select,
+            no_face=args.no_face,
+            device=str(resolve_device(args.device)),
         )
     out = prepare_pack(pair_set, args.out, aligner, [Path(source)], args.batch_size, args.overwrite)
     fallbacks = aligner.stats.fallbacks if aligner is not None else 0

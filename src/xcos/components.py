@@ -5,6 +5,7 @@ import torch
 import xcos.data.image_folder
 import xcos.data.insightface_bin
 import xcos.data.lfw
+import xcos.data.lfw_people
 import xcos.data.pack
 import xcos.data.pair_sets
 import xcos.evaluation.roc

@@ -70,6 +70,7 @@ class DataConfig:
     train: Annotated[dict, Component("DATASETS")] | None = None
     batch_size: int = 32
     num_workers: int = 2
+    cache_features: bool = True
     synthetic: Annotated[dict, Component("GENERATORS")] | None = None
 
 
@@ -81,6 +82,9 @@ class ModelConfig:
     identity_head: (
         Annotated[dict, Component("IDENTITY_HEADS", ("embedding_dim", "num_classes"))] | None
     ) = None
+    pretrained: str | None = None
+    freeze_backbone: bool = False
+    cos: Literal["grid", "embedding"] = "grid"
 
 
 @dataclass

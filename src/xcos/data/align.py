@@ -50,6 +50,7 @@ from xcos.data.images import BadImageError
 
 __all__ = [
     "ARCFACE_TEMPLATE",
+    "DLIB_CHIP_TEMPLATE",
     "AlignStats",
     "AlignedFace",
     "Detections",
@@ -57,6 +58,7 @@ __all__ = [
     "LoadedImage",
     "MTCNNDetector",
     "arcface_template",
+    "face_template",
     "load_bounded_rgb",
     "similarity_transform",
     "warp_affine",
@@ -79,6 +81,35 @@ ARCFACE_TEMPLATE = np.array(
 
 #: Images smaller than this on a side are rejected (MTCNN cannot find a face in them).
 MIN_IMAGE_SIDE = 20
+
+
+#: Where MTCNN's five points sit in dlib's 150 x 150 face chip (padding 0.25), (x, y): medians
+#: over LFW of the points mapped by dlib's own chip transform (shared/docs/pretrained-models.md).
+#: A similarity transform onto them gives the chips dlib's ResNet was trained on.
+DLIB_CHIP_TEMPLATE = np.array(
+    [
+        [47.8, 46.0],
+        [102.2, 46.1],
+        [74.8, 78.5],
+        [51.0, 105.6],
+        [98.7, 105.6],
+    ],
+    dtype=np.float64,
+)
+
+#: Template name -> (landmarks, side of the crop they are given for).
+TEMPLATES = {"arcface": (ARCFACE_TEMPLATE, 112), "dlib": (DLIB_CHIP_TEMPLATE, 150)}
+
+
+def face_template(name: str = "arcface", image_size: int | None = None) -> np.ndarray:
+    """The landmarks of template ``name`` scaled uniformly to ``image_size`` (default: its own).
+
+    ``arcface``: the ArcFace 112 x 112 template; ``dlib``: dlib's 150 x 150 chip.
+    """
+    if name not in TEMPLATES:
+        raise ValueError(f"template: expected one of {', '.join(TEMPLATES)}, got {name!r}")
+    points, side = TEMPLATES[name]
+    return points * ((image_size or side) / side)
 
 
 def arcface_template(image_size: int = 112) -> np.ndarray:
@@ -431,7 +462,9 @@ class FaceAligner:
     """Detect the face of each image with MTCNN and align it onto the ArcFace template.
 
     Args:
-        image_size: side of the aligned square face (the template is scaled by image_size/112).
+        image_size: side of the aligned square face (the template is scaled uniformly to it).
+        template: ``"arcface"`` (the ArcFace 112 x 112 layout) or ``"dlib"`` (dlib's 150 x 150
+            face chip with padding 0.25, for dlib's ResNet; use ``image_size=150``).
         select: which face when several are found: ``"largest"`` box, or ``"central"`` (box
             centre nearest the image centre).
         no_face: ``"error"`` raises a ``DataError`` naming the image; ``"center_crop"`` returns a
@@ -454,6 +487,7 @@ class FaceAligner:
     def __init__(
         self,
         image_size: int = 112,
+        template: Literal["arcface", "dlib"] = "arcface",
         select: Literal["largest", "central"] = "largest",
         no_face: Literal["error", "center_crop"] = "error",
         center_crop_fraction: float = 0.53,
@@ -485,7 +519,8 @@ class FaceAligner:
         self.detect_size = detect_size
         self.batch_size = batch_size
         self.detector = MTCNNDetector(min_face_size, thresholds, pyramid_factor, device)
-        self.template = arcface_template(image_size)
+        self.template_name = template
+        self.template = face_template(template, image_size)
         self.stats = AlignStats()
 
     def settings(self) -> dict:

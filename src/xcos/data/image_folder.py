@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,17 +48,92 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[list[Path]]]:
     return names, images
 
 
-@DATASETS.register("image_folder_pairs")
-class ImageFolderPairs(Dataset):
-    """Each image is an anchor once per epoch; its partner is another image of the same
-    identity with probability ``same_probability``, else an image of a random other identity.
+class IdentityPairs(Dataset):
+    """Training pairs from images grouped by identity (subclasses say how to read a face).
 
+    Each image is an anchor once per epoch; its partner is another image of the same
+    identity with probability ``same_probability``, else an image of a random other identity.
     Sampling is O(1) and a pure function of (seed, epoch, index), so data order does not depend
     on worker processes and resuming reproduces it. Identities with a single image always get a
     different-identity partner (no endless search for a second image).
 
     Items: ``image_a``, ``image_b`` [3, S, S] normalised RGB; ``identity_a``, ``identity_b``
     (class indices); ``label`` (1 same identity, 0 different).
+
+    Args:
+        counts: images per identity; images are numbered identity by identity.
+        same_probability: chance of a same-identity pair.
+        flip: random horizontal flip of each image (augmentation).
+        seed: sampling seed (combined with the epoch and index).
+    """
+
+    def __init__(
+        self, counts: Sequence[int], same_probability: float, flip: bool, seed: int
+    ) -> None:
+        counts = np.asarray(counts, dtype=np.int64)
+        self.labels = np.repeat(np.arange(len(counts)), counts)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.same_probability = same_probability
+        self.flip = flip
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.offsets) - 1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pairs and flips differ per epoch; call before iterating an epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def face(self, index: int) -> np.ndarray:
+        """Image ``index`` as RGB uint8 [S, S, 3]."""
+        raise NotImplementedError
+
+    def partner(self, index: int, rng: np.random.Generator) -> int:
+        label = self.labels[index]
+        start, stop = self.offsets[label], self.offsets[label + 1]
+        if stop - start > 1 and rng.random() < self.same_probability:
+            other = start + rng.integers(stop - start - 1)
+            return int(other + (other >= index))  # any image of the identity but the anchor
+        other_label = rng.integers(self.num_classes - 1)
+        other_label += other_label >= label  # any identity but the anchor's
+        return int(
+            self.offsets[other_label]
+            + rng.integers(self.offsets[other_label + 1] - self.offsets[other_label])
+        )
+
+    def sample(self, index: int) -> tuple[int, bool, bool]:
+        """The partner of anchor ``index`` this epoch and whether each face is flipped."""
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        other = self.partner(index, rng)
+        flips = rng.random(2) < 0.5 if self.flip else (False, False)
+        return other, bool(flips[0]), bool(flips[1])
+
+    def load(self, index: int, flip: bool) -> torch.Tensor:
+        image = self.face(index)
+        if flip:
+            image = image[:, ::-1]
+        return to_tensor(image)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        other, flip_a, flip_b = self.sample(index)
+        label_a, label_b = int(self.labels[index]), int(self.labels[other])
+        return {
+            "image_a": self.load(index, flip_a),
+            "image_b": self.load(other, flip_b),
+            "identity_a": torch.tensor(label_a),
+            "identity_b": torch.tensor(label_b),
+            "label": torch.tensor(int(label_a == label_b)),
+        }
+
+
+@DATASETS.register("image_folder_pairs")
+class ImageFolderPairs(IdentityPairs):
+    """Pairs (see ``IdentityPairs``) from a folder with one sub-folder of images per identity.
 
     Args:
         root: folder with one sub-folder of images per identity.
@@ -82,19 +158,9 @@ class ImageFolderPairs(Dataset):
         self.identity_names, per_identity = scan_image_folder(self.root)
         if skip_bad_images:
             per_identity = self._drop_bad_images(per_identity)
+        super().__init__([len(files) for files in per_identity], same_probability, flip, seed)
         self.paths = [path for files in per_identity for path in files]
-        counts = np.array([len(files) for files in per_identity])
-        self.labels = np.repeat(np.arange(len(per_identity)), counts)
-        self.offsets = np.concatenate([[0], np.cumsum(counts)])
-        self.same_probability = same_probability
-        self.flip = flip
         self.image_size = image_size
-        self.seed = seed
-        self.epoch = 0
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.identity_names)
 
     def _drop_bad_images(self, per_identity: list[list[Path]]) -> list[list[Path]]:
         kept, bad = [], []
@@ -117,41 +183,5 @@ class ImageFolderPairs(Dataset):
             raise DataError(f"{self.root}: fewer than 2 identities have readable images")
         return kept
 
-    def set_epoch(self, epoch: int) -> None:
-        """Pairs and flips differ per epoch; call before iterating an epoch."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def partner(self, index: int, rng: np.random.Generator) -> int:
-        label = self.labels[index]
-        start, stop = self.offsets[label], self.offsets[label + 1]
-        if stop - start > 1 and rng.random() < self.same_probability:
-            other = start + rng.integers(stop - start - 1)
-            return int(other + (other >= index))  # any image of the identity but the anchor
-        other_label = rng.integers(self.num_classes - 1)
-        other_label += other_label >= label  # any identity but the anchor's
-        return int(
-            self.offsets[other_label]
-            + rng.integers(self.offsets[other_label + 1] - self.offsets[other_label])
-        )
-
-    def load(self, index: int, flip: bool) -> torch.Tensor:
-        image = read_rgb(self.paths[index], self.image_size)
-        if flip:
-            image = image[:, ::-1]
-        return to_tensor(image)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        other = self.partner(index, rng)
-        flips = rng.random(2) < 0.5 if self.flip else (False, False)
-        label_a, label_b = int(self.labels[index]), int(self.labels[other])
-        return {
-            "image_a": self.load(index, bool(flips[0])),
-            "image_b": self.load(other, bool(flips[1])),
-            "identity_a": torch.tensor(label_a),
-            "identity_b": torch.tensor(label_b),
-            "label": torch.tensor(int(label_a == label_b)),
-        }
+    def face(self, index: int) -> np.ndarray:
+        return read_rgb(self.paths[index], self.image_size)

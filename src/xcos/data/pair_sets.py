@@ -6,7 +6,8 @@ Every reader returns the same ``PairSet`` so the evaluator embeds each distinct 
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,19 @@ class PairSet:
                 face = np.asarray(Image.fromarray(face).resize((size, size), Image.BILINEAR))
             return face
         return read_rgb(self.images[index], size)
+
+    def image_reader(self, size: int | None = None) -> Callable[[int], np.ndarray]:
+        """``image`` as a function of the index only, at ``size``."""
+        return lambda index: self.image(index, size)
+
+    def content_key(self) -> str | None:
+        """A digest of the faces when they are held as an array (a pack), else None."""
+        if not isinstance(self.images, np.ndarray):
+            return None
+        digest = hashlib.sha256()
+        for start in range(0, len(self.images), 1024):  # a memory-mapped pack, in slices
+            digest.update(np.ascontiguousarray(self.images[start : start + 1024]).tobytes())
+        return digest.hexdigest()
 
 
 @PAIR_SETS.register("csv")

@@ -152,3 +152,31 @@ def cached_pack(
         log.info("preparing %s into the cache %s", pair_set.name, folder)
         prepare_pack(pair_set, folder, aligner, sources, batch_size, overwrite=True)
     return folder
+
+
+def cached_faces(
+    paths: Sequence[str | Path],
+    aligner: Any,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, str]:
+    """Aligned faces uint8 [M, 3, S, S] of image files (memory-mapped from the cache) and the
+    cache key; the key hashes every image's bytes and the alignment settings."""
+    cache = Path(cache_dir or os.environ.get("XCOS_CACHE", Path.home() / ".cache" / "xcos"))
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    digest.update(json.dumps(aligner_settings(aligner), sort_keys=True).encode())
+    digest.update(str(PREPARE_VERSION).encode())
+    key = digest.hexdigest()[:24]
+    target = cache / "faces" / f"{key}.npy"
+    if not target.is_file():
+        log.info("aligning %d images into the cache %s", len(paths), target)
+        no_pairs = np.zeros((0, 2), dtype=np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        images_only = PairSet("faces", [str(p) for p in paths], *no_pairs)
+        faces = align_images(images_only, aligner, batch_size)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(temp, faces)
+        os.replace(temp, target)  # atomic: a crash never leaves a half-written cache entry
+    return np.load(target, mmap_mode="r"), key

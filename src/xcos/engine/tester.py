@@ -17,7 +17,7 @@ from xcos.engine.runtime import autocast_factory, seed_everything
 from xcos.evaluation.evaluator import PairSetResult, evaluate_pair_set, explain_pairs, pick_examples
 from xcos.evaluation.roc import roc_figure, roc_points
 from xcos.explain.figures import example_figure, save_figure
-from xcos.models.xcos_model import build_model
+from xcos.models.xcos_model import build_model, inference_config
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,7 @@ def run_test(
         load_pair_set(spec, f"test.pair_sets.{i}") for i, spec in enumerate(config.test.pair_sets)
     ]
     # The identity head and the target network only matter for training.
-    model_cfg = type(config.model)(config.model.backbone, config.model.head, {"type": "self"}, None)
-    model = build_model(model_cfg).to(device)
+    model = build_model(inference_config(config.model)).to(device)
     missing, unexpected = load_weights(model, weights)
     if missing:
         log.warning(

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Sampler
 from xcos.config import Config, ConfigError
 from xcos.data.pair_sets import load_pair_set
 from xcos.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from xcos.engine.features import cached_backbone_outputs, with_cached_features
 from xcos.engine.optim import build_optimizers, build_schedulers
 from xcos.engine.run_log import RunLog
 from xcos.engine.runtime import autocast_factory, rng_states, seed_everything, set_rng_states
@@ -93,6 +94,11 @@ class Trainer:
                 len(unexpected),
                 unexpected[:10],
             )
+        self.validation_outputs: dict[str, dict[str, torch.Tensor]] = {}
+        if config.model.freeze_backbone and config.data.cache_features:
+            self.dataset = with_cached_features(
+                self.model, self.dataset, device, config.validation.batch_size
+            )
         self.losses = [LOSSES.build(c, f"losses.{i}") for i, c in enumerate(config.losses)]
         self.optimizers = build_optimizers(config.optimizers, self.model.parameter_groups())
         self.schedulers = build_schedulers(config.schedulers, self.optimizers)
@@ -103,6 +109,19 @@ class Trainer:
             for i, spec in enumerate(config.validation.pair_sets)
         ]
         self._check_monitor()
+        if config.model.freeze_backbone and config.data.cache_features:
+            self.validation_outputs = {
+                p.name: cached_backbone_outputs(
+                    self.model,
+                    p.image_reader(self.model.input_size),
+                    len(p.images),
+                    p.content_key(),
+                    device,
+                    flip=config.validation.flip,
+                    batch_size=config.validation.batch_size,
+                )
+                for p in self.pair_sets
+            }
         self.sampler = EpochSampler(len(self.dataset), config.seed)
         self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
         self.best: float | None = None
@@ -300,6 +319,7 @@ class Trainer:
                 flip=self.cfg.validation.flip,
                 metric_cfgs=self.cfg.validation.metrics,
                 autocast=self.autocast,
+                backbone_outputs=self.validation_outputs.get(pair_set.name),
             )
             results[pair_set.name] = result.metrics
             summary = ", ".join(

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from xcos.data.images import to_tensor
 from xcos.data.pair_sets import PairSet
+from xcos.models.xcos_model import faces_to, select_faces
 from xcos.registry import METRICS
 
 SCORE_KEYS = ("xcos", "cos")
@@ -48,21 +49,59 @@ def embed_images(
     autocast: Callable[[], AbstractContextManager] | None = None,
     num_workers: int = 0,
     image_size: int | None = None,
-) -> torch.Tensor:
-    """Grid features [M, c, h, w] (float32, CPU) of the distinct images of ``pair_set``.
+) -> dict[str, torch.Tensor]:
+    """Descriptors (float32, CPU) of the distinct images of ``pair_set``: ``grid``
+    [M, c, h, w] (and ``embedding`` [M, D] for a model scoring ``cos`` on embeddings).
 
     With ``flip``, the features of the horizontally flipped image are flipped back along the
     width axis and added, so each cell still describes the same part of the face.
     """
-    chunks = []
+    chunks: dict[str, list[torch.Tensor]] = {}
     for images in _batches(pair_set, image_size or model.input_size, batch_size, num_workers):
         images = images.to(device, non_blocking=True)
         with autocast() if autocast else nullcontext():
-            grid = model.embed(images).float()
+            faces = faces_to(model.embed(images), "cpu")
             if flip:
-                grid = grid + model.embed(images.flip(3)).float().flip(3)
-        chunks.append(grid.cpu())
-    return torch.cat(chunks)
+                faces = add_flipped(faces, faces_to(model.embed(images.flip(3)), "cpu"))
+        for key, value in faces.items():
+            chunks.setdefault(key, []).append(value)
+    return {key: torch.cat(values) for key, values in chunks.items()}
+
+
+@torch.no_grad()
+def describe_outputs(
+    model: torch.nn.Module,
+    outputs: dict[str, torch.Tensor],
+    device: torch.device,
+    flip: bool = False,
+    batch_size: int = 1024,
+) -> dict[str, torch.Tensor]:
+    """Like ``embed_images``, from a frozen backbone's cached outputs (``xcos.engine.features``)
+    instead of images: only the head runs."""
+    keys = [key for key in ("features", "embedding") if key in outputs]
+    count = len(outputs["features"])
+    chunks: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, count, batch_size):
+        window = slice(start, start + batch_size)
+        faces = faces_to(
+            model.describe(faces_to({k: outputs[k][window] for k in keys}, device)), "cpu"
+        )
+        if flip:
+            mirrored = faces_to({k: outputs[f"{k}_flipped"][window] for k in keys}, device)
+            faces = add_flipped(faces, faces_to(model.describe(mirrored), "cpu"))
+        for key, value in faces.items():
+            chunks.setdefault(key, []).append(value)
+    return {key: torch.cat(values) for key, values in chunks.items()}
+
+
+def add_flipped(
+    faces: dict[str, torch.Tensor], flipped: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Flip test-time augmentation: grids flipped back along the width axis, then summed."""
+    return {
+        key: value + (flipped[key].flip(3) if value.ndim == 4 else flipped[key])
+        for key, value in faces.items()
+    }
 
 
 def _batches(pair_set: PairSet, size: int, batch_size: int, num_workers: int):
@@ -81,7 +120,7 @@ def _batches(pair_set: PairSet, size: int, batch_size: int, num_workers: int):
 @torch.no_grad()
 def compare_pairs(
     model: torch.nn.Module,
-    grids: torch.Tensor,
+    faces: dict[str, torch.Tensor],
     pairs: np.ndarray,
     device: torch.device,
     batch_size: int = 256,
@@ -92,9 +131,9 @@ def compare_pairs(
     keys = (*SCORE_KEYS, "patch_cosine", "attention") if keep_maps else SCORE_KEYS
     for start in range(0, len(pairs), batch_size):
         chunk = torch.as_tensor(pairs[start : start + batch_size])
-        grid_a = grids[chunk[:, 0]].to(device)
-        grid_b = grids[chunk[:, 1]].to(device)
-        out = model.compare(grid_a, grid_b)
+        faces_a = faces_to(select_faces(faces, chunk[:, 0]), device)
+        faces_b = faces_to(select_faces(faces, chunk[:, 1]), device)
+        out = model.compare(faces_a, faces_b)
         for key in keys:
             results.setdefault(key, []).append(out[key].float().cpu().numpy())
     return {key: np.concatenate(value) for key, value in results.items()}
@@ -109,13 +148,21 @@ def evaluate_pair_set(
     flip: bool = False,
     autocast: Callable[[], AbstractContextManager] | None = None,
     num_workers: int = 0,
+    backbone_outputs: dict[str, torch.Tensor] | None = None,
 ) -> PairSetResult:
-    """Embed, compare and score one pair set with every metric for every score key."""
+    """Embed, compare and score one pair set with every metric for every score key.
+
+    ``backbone_outputs``: a frozen backbone's cached outputs for the set's distinct images
+    (see ``xcos.engine.features``); then only the head runs.
+    """
     was_training = model.training
     model.eval()
     try:
-        grids = embed_images(model, pair_set, device, batch_size, flip, autocast, num_workers)
-        scores = compare_pairs(model, grids, pair_set.pairs, device)
+        if backbone_outputs is not None:
+            faces = describe_outputs(model, backbone_outputs, device, flip)
+        else:
+            faces = embed_images(model, pair_set, device, batch_size, flip, autocast, num_workers)
+        scores = compare_pairs(model, faces, pair_set.pairs, device)
     finally:
         model.train(was_training)
     metrics: dict[str, dict[str, Any]] = {}
@@ -152,8 +199,12 @@ def explain_pairs(
     try:
         size = image_size or model.input_size
         faces = [pair_set.image(j, size) for i in indices for j in pair_set.pairs[i]]
-        grids = model.embed(torch.stack([to_tensor(f) for f in faces]).to(device)).float()
-        out = model.compare(grids[0::2], grids[1::2])
+        described = faces_to(
+            model.embed(torch.stack([to_tensor(f) for f in faces]).to(device)), device
+        )
+        out = model.compare(
+            select_faces(described, slice(0, None, 2)), select_faces(described, slice(1, None, 2))
+        )
     finally:
         model.train(was_training)
     return [

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcos.models.xcos_model import split_faces
+
 Target = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
@@ -66,8 +68,8 @@ def as_batch(image: torch.Tensor, model: nn.Module) -> torch.Tensor:
 
 def compare_pairs(model: Any, images_a: torch.Tensor, images_b: torch.Tensor) -> dict:
     """The model's comparison dict for faces [N, 3, S, S] x [N, 3, S, S] (one backbone pass)."""
-    grid_a, grid_b = model.embed(torch.cat([images_a, images_b])).chunk(2)
-    return model.compare(grid_a, grid_b)
+    faces_a, faces_b = split_faces(model.embed(torch.cat([images_a, images_b])))
+    return model.compare(faces_a, faces_b)
 
 
 class PairExplainer:

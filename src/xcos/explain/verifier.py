@@ -26,7 +26,7 @@ from xcos.engine.checkpoint import load_weights
 from xcos.engine.runtime import resolve_device
 from xcos.explain.figures import pair_figure
 from xcos.models.targets import read_checkpoint, state_dict_of
-from xcos.models.xcos_model import XCosModel, build_model
+from xcos.models.xcos_model import XCosModel, build_model, inference_config, select_faces
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 
@@ -123,9 +123,7 @@ class Verifier:
                 f"-p {str(path)!r} holds weights only, without the config that describes the "
                 "model; use a checkpoint written by `xcos train` (checkpoints/best.pth)"
             )
-        model_cfg = from_dict(ModelConfig, config["model"], "model")
-        model_cfg.target, model_cfg.identity_head = {"type": "self"}, None
-        model = build_model(model_cfg)
+        model = build_model(inference_config(from_dict(ModelConfig, config["model"], "model")))
         load_weights(model, path, weights)
         if threshold is None and metrics is not None:
             threshold = threshold_from_metrics(metrics)
@@ -151,11 +149,11 @@ class Verifier:
             for k, image in enumerate(pair)
         ]
         batch = torch.stack([to_tensor(face) for face in faces]).to(self.device)
-        grids = self.model.embed(batch).float()
-        out = {
-            k: v.float().cpu().numpy()
-            for k, v in self.model.compare(grids[0::2], grids[1::2]).items()
-        }
+        faces_ab = self.model.embed(batch)
+        compared = self.model.compare(
+            select_faces(faces_ab, slice(0, None, 2)), select_faces(faces_ab, slice(1, None, 2))
+        )
+        out = {k: v.float().cpu().numpy() for k, v in compared.items()}
         return [
             Explanation(
                 score=float(out["xcos"][i]),
@@ -190,7 +188,9 @@ class Verifier:
         if self._aligner is None:
             from xcos.data.align import FaceAligner
 
-            self._aligner = FaceAligner(image_size=self.model.input_size)
+            self._aligner = FaceAligner(
+                image_size=self.model.input_size, template=self.model.face_template
+            )
         return self._aligner
 
 

@@ -81,6 +81,9 @@ class XCosHead(nn.Module):
         detach_cosine: compute the patch cosine map from detached grid features, so the xCos
             loss trains the attention branch only (the published recipe).
         symmetric: average the attention over both argument orders (score(A,B) == score(B,A)).
+        grid_hidden: channels of an extra 1x1 conv + BN + PReLU before the projection (a
+            per-cell MLP: each cell still sees only its own features). For a frozen recognizer
+            whose spatial map is several layers from its embedding; None: the paper's head.
     """
 
     def __init__(
@@ -91,10 +94,13 @@ class XCosHead(nn.Module):
         attention_channels: int = 16,
         detach_cosine: bool = True,
         symmetric: bool = True,
+        grid_hidden: int | None = None,
     ) -> None:
         super().__init__()
+        hidden = [] if grid_hidden is None else [*conv_bn_prelu(in_channels, grid_hidden, 1)]
         self.grid = nn.Sequential(
-            nn.Conv2d(in_channels, grid_channels, 1, bias=False),
+            *hidden,
+            nn.Conv2d(grid_hidden or in_channels, grid_channels, 1, bias=False),
             nn.BatchNorm2d(grid_channels),
             nn.PReLU(grid_channels),
         )

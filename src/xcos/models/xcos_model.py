@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.registry import BACKBONES, HEADS, IDENTITY_HEADS, TARGETS
 
 
 class XCosModel(nn.Module):
     """Takes and returns dicts.
 
-    Batch keys: ``image_a``, ``image_b`` [B, 3, H, W] (normalised RGB), optional
-    ``identity_a``, ``identity_b`` [B] (class indices, for the identity head).
+    Batch keys: ``image_a``, ``image_b`` [B, 3, H, W] (normalised RGB), or instead the frozen
+    backbone's cached outputs ``features_a``, ``features_b`` [B, C, h, w] (and ``embedding_a``,
+    ``embedding_b`` [B, D] when ``cos`` is ``"embedding"``); optional ``identity_a``,
+    ``identity_b`` [B] (class indices, for the identity head).
 
     Output keys: ``patch_cosine``, ``attention`` [B, h, w]; ``xcos``, ``cos`` [B];
     ``target_cos`` [B] (when a target is set); ``logits`` [2B, classes] and ``identity`` [2B]
     (when the identity head is set and identities are in the batch).
+
+    Args:
+        cos: what the plain ``cos`` score is: ``"grid"``, the cosine of the flattened grid
+            features, or ``"embedding"``, the cosine of the backbone's own embeddings (a
+            pretrained recognizer's score, which the xCos plug-in is trained to explain).
+        freeze_backbone: the backbone never trains: no gradients, always in eval mode.
     """
 
     def __init__(
@@ -27,33 +38,87 @@ class XCosModel(nn.Module):
         head: nn.Module,
         target: nn.Module | None = None,
         identity_head: nn.Module | None = None,
+        cos: str = "grid",
+        freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
+        if cos not in ("grid", "embedding"):
+            raise ValueError(f"model.cos: expected 'grid' or 'embedding', got {cos!r}")
+        if cos == "embedding" and not getattr(backbone, "embedding_dim", None):
+            raise ValueError("model.cos is 'embedding' but the backbone has no embedding layer")
         self.backbone = backbone
         self.head = head
         self.target = target
         self.identity_head = identity_head
+        self.cos_source = cos
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> XCosModel:
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()  # frozen: BN statistics and dropout never switch to training
+        return self
 
     @property
     def input_size(self) -> int:
         """Side of the square aligned faces the backbone expects."""
         return getattr(self.backbone, "input_size", 112)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Grid features [B, c, h, w] of aligned faces [B, 3, H, W]."""
-        return self.head.grid_features(self.backbone.forward_features(images))
+    @property
+    def face_template(self) -> str:
+        """The alignment template the backbone was trained on (see ``xcos.data.align``)."""
+        return getattr(self.backbone, "face_template", "arcface")
 
-    def compare(self, grid_a: torch.Tensor, grid_b: torch.Tensor) -> dict[str, torch.Tensor]:
-        """xCos comparison of two batches of grid features (see ``XCosHead.forward``)."""
-        return self.head(grid_a, grid_b)
+    def backbone_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The backbone's spatial map ``features`` [B, C, h, w] and, when the ``cos`` score
+        needs it, its ``embedding`` [B, D]."""
+        if self.cos_source == "embedding":
+            out = self.backbone(images)
+            return {"features": out["grid"], "embedding": out["embedding"]}
+        return {"features": self.backbone.forward_features(images)}
+
+    def describe(self, backbone_outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Face descriptors from backbone outputs: ``grid`` [B, c, h, w] (+ ``embedding``)."""
+        described = {"grid": self.head.grid_features(backbone_outputs["features"])}
+        if "embedding" in backbone_outputs:
+            described["embedding"] = backbone_outputs["embedding"]
+        return described
+
+    def embed(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Descriptors of aligned faces [B, 3, H, W]: ``grid`` (+ ``embedding``), see
+        ``describe``. Slice them with ``select_faces``."""
+        return self.describe(self.backbone_outputs(images))
+
+    def compare(
+        self, faces_a: dict[str, torch.Tensor], faces_b: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """xCos comparison of two batches of descriptors (see ``XCosHead.forward``); with
+        ``cos`` = ``"embedding"``, ``cos`` is the cosine of the backbone's embeddings."""
+        outputs = dict(self.head(faces_a["grid"], faces_b["grid"]))
+        if self.cos_source == "embedding":
+            outputs["cos"] = embedding_cosine(faces_a["embedding"], faces_b["embedding"])
+        return outputs
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        images = torch.cat([batch["image_a"], batch["image_b"]])
-        grid_a, grid_b = self.embed(images).chunk(2)  # one backbone pass for both faces
-        outputs = dict(self.compare(grid_a, grid_b))
+        if "features_a" in batch:  # cached outputs of the frozen backbone
+            backbone_outputs = {
+                "features": torch.cat([batch["features_a"], batch["features_b"]]),
+            }
+            if self.cos_source == "embedding":
+                embeddings = [batch["embedding_a"], batch["embedding_b"]]
+                backbone_outputs["embedding"] = torch.cat(embeddings)
+        else:  # one backbone pass for both faces
+            images = torch.cat([batch["image_a"], batch["image_b"]])
+            backbone_outputs = self.backbone_outputs(images)
+        faces_a, faces_b = split_faces(self.describe(backbone_outputs))
+        outputs = self.compare(faces_a, faces_b)
         if self.identity_head is not None and "identity_a" in batch:
             labels = torch.cat([batch["identity_a"], batch["identity_b"]])
-            outputs["logits"] = self.identity_head(torch.cat([grid_a, grid_b]).flatten(1), labels)
+            grids = torch.cat([faces_a["grid"], faces_b["grid"]])
+            outputs["logits"] = self.identity_head(grids.flatten(1), labels)
             outputs["identity"] = labels
         if self.target is not None:
             outputs["target_cos"] = self.target(batch, outputs)
@@ -74,12 +139,43 @@ class XCosModel(nn.Module):
         return {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
 
 
-def build_model(model_cfg: Any, num_classes: int | None = None) -> XCosModel:
+def embedding_cosine(embedding_a: torch.Tensor, embedding_b: torch.Tensor) -> torch.Tensor:
+    """Cosine of two batches of embeddings [B, D] -> [B]."""
+    a = F.normalize(embedding_a.float(), dim=1)
+    b = F.normalize(embedding_b.float(), dim=1)
+    return (a * b).sum(dim=1).clamp(-1.0, 1.0)
+
+
+def select_faces(faces: dict[str, torch.Tensor], index: Any) -> dict[str, torch.Tensor]:
+    """The descriptors of the faces at ``index`` (any tensor index: slice, indices, mask)."""
+    return {key: value[index] for key, value in faces.items()}
+
+
+def split_faces(
+    faces: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """First and second half of a batch of descriptors (the A and B faces of a pair batch)."""
+    half = next(iter(faces.values())).shape[0] // 2
+    return select_faces(faces, slice(None, half)), select_faces(faces, slice(half, None))
+
+
+def faces_to(faces: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Descriptors as float32 on ``device``."""
+    return {key: value.float().to(device) for key, value in faces.items()}
+
+
+def build_model(
+    model_cfg: Any, num_classes: int | None = None, load_pretrained: bool = True
+) -> XCosModel:
     """Build an ``XCosModel`` from the ``model`` section of a ``Config``.
 
     ``num_classes`` (identities of the training set) is needed only with an identity head.
+    ``load_pretrained=False`` skips ``model.pretrained`` (for a model whose weights all come
+    from an xcos checkpoint next).
     """
     backbone = BACKBONES.build(model_cfg.backbone, "model.backbone")
+    if load_pretrained and model_cfg.pretrained is not None:
+        load_recognizer_weights(backbone, model_cfg.pretrained, "model.pretrained")
     head = HEADS.build(model_cfg.head, "model.head", in_channels=backbone.out_channels)
     target = TARGETS.build(model_cfg.target, "model.target")
     identity_head = None
@@ -93,4 +189,29 @@ def build_model(model_cfg: Any, num_classes: int | None = None) -> XCosModel:
             embedding_dim=head.grid_channels * grid_cells,
             num_classes=num_classes,
         )
-    return XCosModel(backbone, head, target, identity_head)
+    return XCosModel(
+        backbone, head, target, identity_head, model_cfg.cos, model_cfg.freeze_backbone
+    )
+
+
+def inference_config(model_cfg: Any) -> Any:
+    """The model config for scoring with weights from an xcos checkpoint: no target network,
+    no identity head, and no pretrained weights to find (the checkpoint holds them all)."""
+    backbone = dict(model_cfg.backbone)
+    if "weights" in backbone:
+        backbone["weights"] = None
+    return dataclasses.replace(
+        model_cfg, backbone=backbone, target={"type": "self"}, identity_head=None, pretrained=None
+    )
+
+
+def load_recognizer_weights(backbone: nn.Module, path: str, what: str) -> None:
+    """Load a recognizer's weights (an ``xcos import`` file or a plain state dict) strictly."""
+    state = state_dict_of(read_checkpoint(path, what), path, what)
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{what}: {path!r} does not fit model.backbone: missing {missing[:5]} "
+            f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}); import the "
+            "recognizer with `xcos import` and use the architecture it names"
+        )

@@ -1,0 +1,170 @@
+"""Cached outputs of a frozen backbone, so an xCos head trains and scores without it.
+
+When the recognizer is frozen (``model.freeze_backbone``), its spatial maps and embeddings
+never change: they are computed once per face (and once per mirrored face, for flip
+augmentation), kept in memory, and cached on disk under a key that hashes the faces and the
+backbone's weights. Head training then runs at the speed of the head alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from xcos.data.image_folder import IdentityPairs
+from xcos.data.images import to_tensor
+from xcos.models.xcos_model import XCosModel
+
+log = logging.getLogger(__name__)
+
+FEATURES_VERSION = 1  # bump when what is cached changes
+
+FaceReader = Callable[[int], np.ndarray]
+
+
+def backbone_digest(model: XCosModel) -> str:
+    """sha256 of the backbone's kind, settings and weights, and of how its outputs are used."""
+    backbone = model.backbone
+    described = (
+        f"{type(backbone).__name__}:{backbone.extra_repr()}:{backbone.out_channels}:"
+        f"{getattr(backbone, 'grid_size', None)}:{model.cos_source}:{FEATURES_VERSION}"
+    )
+    digest = hashlib.sha256(described.encode())
+    for name, tensor in model.backbone.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def compute_backbone_outputs(
+    model: XCosModel,
+    face: FaceReader,
+    count: int,
+    device: torch.device,
+    flip: bool = True,
+    batch_size: int = 64,
+    autocast: Callable[[], AbstractContextManager] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The backbone's ``features`` [N, C, h, w] (float16) and ``embedding`` [N, D] (float32,
+    when the model scores embeddings) of faces ``face(0..count-1)`` (RGB uint8 [S, S, 3]);
+    with ``flip``, also ``features_flipped`` / ``embedding_flipped`` of the mirrored faces."""
+    was_training = model.training
+    model.eval()
+    chunks: dict[str, list[torch.Tensor]] = {}
+    try:
+        for start in range(0, count, batch_size):
+            indices = range(start, min(start + batch_size, count))
+            images = torch.stack([to_tensor(face(i)) for i in indices]).to(device)
+            variants = {"": images, "_flipped": images.flip(3)} if flip else {"": images}
+            for suffix, batch in variants.items():
+                with autocast() if autocast else nullcontext():
+                    outputs = model.backbone_outputs(batch)
+                for key, value in outputs.items():
+                    dtype = torch.float16 if key == "features" else torch.float32
+                    chunks.setdefault(key + suffix, []).append(value.to("cpu", dtype))
+            if start // batch_size % 20 == 0:
+                log.info("backbone outputs: %d / %d faces", indices[-1] + 1, count)
+    finally:
+        model.train(was_training)
+    return {key: torch.cat(values) for key, values in chunks.items()}
+
+
+def cached_backbone_outputs(
+    model: XCosModel,
+    face: FaceReader,
+    count: int,
+    faces_key: str | None,
+    device: torch.device,
+    flip: bool = True,
+    batch_size: int = 64,
+    cache_dir: str | Path | None = None,
+) -> dict[str, torch.Tensor]:
+    """``compute_backbone_outputs``, read from the disk cache when ``faces_key`` (a digest of
+    the faces' contents) is given and the same faces met the same backbone before."""
+    if faces_key is None:
+        return compute_backbone_outputs(model, face, count, device, flip, batch_size)
+    cache = Path(cache_dir or os.environ.get("XCOS_CACHE", Path.home() / ".cache" / "xcos"))
+    key = hashlib.sha256(f"{faces_key}:{backbone_digest(model)}:{flip}".encode()).hexdigest()
+    path = cache / "features" / f"{key[:24]}.pt"
+    if path.is_file():
+        log.info("backbone outputs of %d faces from the cache %s", count, path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    outputs = compute_backbone_outputs(model, face, count, device, flip, batch_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(outputs, temp)
+    os.replace(temp, path)  # atomic: never a half-written cache entry
+    return outputs
+
+
+class CachedFeaturePairs(Dataset):
+    """The pairs of an ``IdentityPairs`` data set, carrying the frozen backbone's cached
+    outputs (``features_a/b``, ``embedding_a/b``) instead of images. Same sampling, same
+    flips (a flipped face gets the outputs of its mirror image)."""
+
+    def __init__(
+        self,
+        pairs: IdentityPairs,
+        outputs: dict[str, torch.Tensor],
+        store_index: np.ndarray | None = None,
+    ) -> None:
+        if pairs.flip and "features_flipped" not in outputs:
+            raise ValueError("the data set flips faces but the cache holds no mirrored outputs")
+        self.pairs, self.outputs, self.store_index = pairs, outputs, store_index
+        self.keys = [key for key in ("features", "embedding") if key in outputs]
+
+    @property
+    def num_classes(self) -> int:
+        return self.pairs.num_classes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.pairs.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _outputs(self, index: int, flipped: bool, side: str) -> dict[str, torch.Tensor]:
+        suffix = "_flipped" if flipped else ""
+        if self.store_index is not None:  # the outputs cover a store the data set indexes
+            index = int(self.store_index[index])
+        return {f"{k}_{side}": self.outputs[k + suffix][index].float() for k in self.keys}
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        other, flip_a, flip_b = self.pairs.sample(index)
+        label_a, label_b = int(self.pairs.labels[index]), int(self.pairs.labels[other])
+        return {
+            **self._outputs(index, flip_a, "a"),
+            **self._outputs(other, flip_b, "b"),
+            "identity_a": torch.tensor(label_a),
+            "identity_b": torch.tensor(label_b),
+            "label": torch.tensor(int(label_a == label_b)),
+        }
+
+
+def with_cached_features(
+    model: XCosModel, dataset: Dataset, device: torch.device, batch_size: int = 64
+) -> CachedFeaturePairs:
+    """Wrap a training data set so that a frozen backbone runs once per face, not per step."""
+    if not isinstance(dataset, IdentityPairs):
+        raise ValueError(
+            f"data.cache_features: {type(dataset).__name__} is not an identity-pair data set; "
+            "set data.cache_features to false"
+        )
+    store = getattr(dataset, "store", None)  # faces shared by several data sets, keyed
+    if store is not None:
+        face, count, key = store.face, len(store), store.cache_key
+    else:
+        face, count, key = dataset.face, len(dataset), None
+    outputs = cached_backbone_outputs(
+        model, face, count, key, device, flip=dataset.flip, batch_size=batch_size
+    )
+    return CachedFeaturePairs(dataset, outputs, getattr(dataset, "store_index", None))

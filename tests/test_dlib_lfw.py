@@ -1,0 +1,60 @@
+"""dlib's ResNet through our alignment (MTCNN -> dlib chip template) on one real LFW fold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import require_shared
+from xcos.data.pair_sets import load_pair_set
+from xcos.data.prepare import subset_folds
+from xcos.evaluation.verification import kfold_accuracy
+
+DLIB_ALIGNMENT = {
+    "template": "dlib",
+    "image_size": 150,
+    "select": "central",
+    "no_face": "center_crop",
+}
+
+
+def dlib_weights_or_skip():
+    import os
+
+    from xcos.models.dlib_format import DlibWeightsNotFoundError, find_dlib_weights
+
+    try:
+        return find_dlib_weights()
+    except DlibWeightsNotFoundError as err:
+        if os.environ.get("XCOS_REQUIRE_DATA") == "1":
+            pytest.fail(f"{err} (XCOS_REQUIRE_DATA=1)")
+        pytest.skip(str(err))
+
+
+def test_dlib_resnet_through_our_alignment_on_lfw_fold_one():
+    lfw = require_shared("data/lfw")
+    dlib_weights_or_skip()
+    from xcos.data.align import FaceAligner
+    from xcos.data.pack import read_pack
+    from xcos.data.prepare import cached_pack
+    from xcos.models.backbones.dlib_resnet import DlibResNet
+
+    pairs = subset_folds(
+        load_pair_set({"type": "lfw", "path": str(lfw / "pairs.txt"), "align": False}), [0]
+    )
+    folder = cached_pack(pairs, FaceAligner(**DLIB_ALIGNMENT), [lfw / "pairs.txt"])
+    fold = read_pack(str(folder), "lfw_fold1")
+    assert fold.images.shape[1:] == (3, 150, 150)
+    model = DlibResNet(level=2, weights="auto").eval()
+    embeddings = []
+    with torch.no_grad():
+        for start in range(0, len(fold.images), 64):
+            chunk = torch.from_numpy(np.array(fold.images[start : start + 64]))
+            embeddings.append(model(chunk.float().div(127.5).sub(1.0))["embedding"])
+    unit = torch.nn.functional.normalize(torch.cat(embeddings), dim=1).numpy()
+    cosine = (unit[fold.pairs[:, 0]] * unit[fold.pairs[:, 1]]).sum(axis=1)
+    folds = np.arange(len(cosine)) * 10 // len(cosine)  # 10 contiguous folds of 60 pairs
+    result = kfold_accuracy(cosine, fold.labels, folds)
+    assert len(fold.labels) == 600
+    assert result.accuracy >= 0.97, f"dlib cosine on LFW fold 1: {result.accuracy:.4f}"

@@ -1,0 +1,161 @@
+"""The xCos plug-in on a frozen recognizer: cos of its embeddings, cached backbone outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xcos.engine.features import (
+    CachedFeaturePairs,
+    cached_backbone_outputs,
+    with_cached_features,
+)
+from xcos.engine.trainer import Trainer
+from xcos.evaluation.lfw_protocol import fold_accuracy
+from xcos.models.xcos_model import build_model, split_faces
+
+CPU = torch.device("cpu")
+
+#: The demo model as a frozen "recognizer" with an embedding, trained by MSE only.
+PLUGIN = {
+    "model": {
+        "backbone": {"embedding_dim": 32},
+        "freeze_backbone": True,
+        "cos": "embedding",
+        "head": {"detach_cosine": False},
+        "identity_head": None,
+    },
+    "losses": [{"type": "mse", "output": "xcos", "target": "target_cos"}],
+    # "main" changes type (AdamW -> Adam), so it is replaced whole: the grid only.
+    "optimizers": {"main": {"type": "Adam", "groups": ["grid"], "lr": 1e-3}},
+    "data": {"train": {"flip": True}},
+}
+
+
+@pytest.fixture
+def plugin_config(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("XCOS_CACHE", str(tmp_path / "cache"))
+    return tiny_config(PLUGIN)
+
+
+def count_backbone_calls(model) -> list[int]:
+    seen: list[int] = []
+    model.backbone.register_forward_hook(lambda m, i, o: seen.append(len(i[0])))
+    return seen
+
+
+def test_frozen_backbone_stays_in_eval_mode_without_gradients(plugin_config):
+    model = build_model(plugin_config.model).train()
+    assert not model.backbone.training and model.head.training
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert model.parameter_groups()["backbone"] == []
+
+
+def test_cos_is_the_recognizer_embedding_cosine(plugin_config):
+    model = build_model(plugin_config.model).eval()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        embedding = torch.nn.functional.normalize(model.backbone(images)["embedding"], dim=1)
+        out = model.compare(*split_faces(model.embed(images)))
+    expected = (embedding[:2] * embedding[2:]).sum(dim=1)
+    assert torch.allclose(out["cos"], expected, atol=1e-5)
+
+
+def test_cached_outputs_give_the_same_result_as_images(plugin_config):
+    model = build_model(plugin_config.model).eval()
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        cached = model.backbone_outputs(images)
+        from_images = model({"image_a": images[:2], "image_b": images[2:]})
+        from_cache = model(
+            {
+                "features_a": cached["features"][:2],
+                "features_b": cached["features"][2:],
+                "embedding_a": cached["embedding"][:2],
+                "embedding_b": cached["embedding"][2:],
+            }
+        )
+    for key in ("xcos", "cos", "target_cos", "attention", "patch_cosine"):
+        assert torch.allclose(from_images[key], from_cache[key], atol=1e-5), key
+
+
+def test_head_training_runs_the_frozen_backbone_once_per_face(plugin_config, tmp_path):
+    trainer = Trainer(plugin_config, tmp_path / "run", CPU)
+    assert isinstance(trainer.dataset, CachedFeaturePairs)
+    images = len(trainer.dataset)
+    backbone_before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    seen = count_backbone_calls(trainer.model)
+    trainer.fit()  # trains, then validates from the cached validation outputs
+    assert seen == []
+    after = trainer.model.backbone.state_dict()
+    assert all(torch.equal(backbone_before[k], after[k]) for k in after)
+    # Recomputed in a new run (an image folder has no content key): the same outputs.
+    second = Trainer(plugin_config, tmp_path / "again", CPU)
+    assert len(second.dataset) == images
+    for name in ("features", "features_flipped", "embedding", "embedding_flipped"):
+        assert torch.equal(second.dataset.outputs[name], trainer.dataset.outputs[name])
+
+
+def test_outputs_of_keyed_faces_are_read_back_from_the_disk_cache(plugin_config, tmp_path):
+    model = build_model(plugin_config.model)
+    faces = np.random.default_rng(0).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    first = cached_backbone_outputs(model, faces.__getitem__, 5, "key-1", CPU, flip=False)
+    assert list((tmp_path / "cache" / "features").glob("*.pt"))
+    seen = count_backbone_calls(model)
+    again = cached_backbone_outputs(model, faces.__getitem__, 5, "key-1", CPU, flip=False)
+    assert seen == [] and all(torch.equal(first[k], again[k]) for k in first)
+    other = cached_backbone_outputs(model, faces.__getitem__, 5, "key-2", CPU, flip=False)
+    assert seen and torch.equal(other["features"], first["features"])
+    with torch.no_grad():  # the backbone's weights are part of the key
+        next(model.backbone.parameters()).add_(1.0)
+    seen.clear()
+    cached_backbone_outputs(model, faces.__getitem__, 5, "key-1", CPU, flip=False)
+    assert seen
+
+
+def test_cached_items_match_the_images_they_replace(plugin_config):
+    from xcos.registry import DATASETS
+
+    dataset = DATASETS.build(plugin_config.data.train, "data.train")
+    model = build_model(plugin_config.model)
+    cached = with_cached_features(model, dataset, CPU)
+    dataset.set_epoch(2)
+    cached.set_epoch(2)
+    for index in range(6):
+        item, image_item = cached[index], dataset[index]
+        assert item["label"] == image_item["label"]
+        with torch.no_grad():
+            features = model.backbone_outputs(image_item["image_a"][None])["features"][0]
+        # the same face and the same flip; float16 storage
+        assert torch.allclose(item["features_a"], features, atol=2e-2, rtol=1e-2)
+
+
+def test_fold_accuracy_chooses_the_threshold_on_the_other_folds():
+    scores = np.array([0.9, 0.1, 0.8, 0.2, 0.4, 0.6])
+    labels = np.array([1, 0, 1, 0, 1, 0])
+    test = np.array([False, False, False, False, True, True])
+    accuracy, threshold = fold_accuracy(scores, labels, test)
+    assert 0.2 <= threshold < 0.8
+    # with the threshold from the training folds, the inverted test pairs are both wrong
+    expected = float(((scores[test] > threshold) == (labels[test] == 1)).mean())
+    assert accuracy == expected
+
+
+def test_model_pretrained_loads_an_imported_recognizer(plugin_config, tmp_path):
+    from xcos.models.backbones.arcface_torch import ArcFaceIResNet
+    from xcos.models.importers import import_recognizer
+
+    torch.manual_seed(1)
+    original = ArcFaceIResNet(depth=18)
+    torch.save(original.state_dict(), tmp_path / "backbone.pth")
+    recognizer = import_recognizer(tmp_path / "backbone.pth", "iresnet18", tmp_path / "r18.pth")
+    model_cfg = plugin_config.model
+    model_cfg.backbone = {"type": "iresnet", "depth": 18}
+    model_cfg.pretrained = str(recognizer)
+    model = build_model(model_cfg)
+    for key, value in original.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[key], value), key
+    model_cfg.backbone = {"type": "iresnet", "depth": 34}
+    with pytest.raises(ValueError, match=r"does not fit model\.backbone"):
+        build_model(model_cfg)
