@@ -159,3 +159,33 @@ def test_model_pretrained_loads_an_imported_recognizer(plugin_config, tmp_path):
     model_cfg.backbone = {"type": "iresnet", "depth": 34}
     with pytest.raises(ValueError, match=r"does not fit model\.backbone"):
         build_model(model_cfg)
+
+
+def test_a_trainable_copy_of_dlib_learns_against_the_frozen_original():
+    from tests.test_dlib_lfw import dlib_weights_or_skip
+    from xcos.config import ModelConfig, from_dict
+
+    dlib_weights_or_skip()
+    dlib = {"type": "dlib_resnet", "level": 1, "weights": "auto"}
+    model_cfg = from_dict(
+        ModelConfig,
+        {
+            "backbone": dlib,
+            "head": {"type": "xcos", "detach_cosine": False},
+            "target": {"type": "pretrained", "checkpoint": None, "backbone": dlib},
+            "cos": "embedding",
+            "freeze_backbone": False,
+        },
+        "model",
+    )
+    model = build_model(model_cfg).train()
+    batch = {f"image_{side}": torch.rand(2, 3, 150, 150) * 2 - 1 for side in "ab"}
+    out = model(batch)
+    assert torch.allclose(out["cos"], out["target_cos"], atol=1e-5)  # the same weights at start
+    optimizer = torch.optim.SGD(model.parameter_groups()["backbone"], lr=0.5)
+    assert optimizer.param_groups[0]["params"]  # the copy is trainable
+    (1 - out["cos"]).sum().backward()
+    optimizer.step()
+    after = model(batch)
+    assert torch.equal(after["target_cos"], out["target_cos"])  # the original stays frozen
+    assert not torch.allclose(after["cos"], out["cos"])
