@@ -108,3 +108,28 @@ def test_bad_inputs(checkpoint, tiny_synth, tmp_path, capsys):
     verifier.threshold = None
     with pytest.raises(ValueError, match="no decision threshold"):
         verifier.explain(a, a)
+
+
+def test_overlay_layout_blends_both_maps_over_both_faces(checkpoint, tiny_synth, tmp_path):
+    result = Verifier.from_checkpoint(checkpoint, device="cpu").explain(*faces(tiny_synth))
+    figure = result.figure("overlay")
+    panels = [axis for axis in figure.axes if axis.get_title()]
+    titles = sorted(axis.get_title() for axis in panels)
+    assert titles == sorted(
+        f"{name} over face {side}" for name in ("patch cosine", "attention") for side in "AB"
+    )
+    for axis in panels:
+        face, overlay = axis.get_images()
+        assert face.get_array().shape == (64, 64, 3)  # the aligned face
+        assert overlay.get_array().shape == (4, 4)  # the map, upsampled when drawn
+        assert 0 < overlay.get_alpha() < 1
+    cosine_panel = next(a for a in panels if a.get_title().startswith("patch"))
+    assert cosine_panel.get_images()[1].get_clim() == (-1.0, 1.0)
+    assert len(figure.axes) == 6  # four panels and one colour bar per row
+    figure.savefig(tmp_path / "overlay.png")
+    with pytest.raises(ValueError, match="layout"):
+        result.figure("sideways")
+    args = ["explain", *map(str, faces(tiny_synth)), "-p", str(checkpoint), "--device", "cpu"]
+    out = tmp_path / "cli.png"
+    assert main([*args, "--threshold", "0.3", "--layout", "overlay", "--out", str(out)]) == 0
+    assert Image.open(out).size[1] > 400

@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("image_b")
     explain.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
     explain.add_argument("--out", help="write the explanation figure (PNG) here")
+    explain.add_argument(
+        "--layout",
+        choices=("paper", "overlay"),
+        default="paper",
+        help="figure layout: faces and maps side by side, or the maps over the faces",
+    )
     explain.add_argument("--json", help="write the explanation's fields (JSON) here")
     explain.add_argument("--threshold", type=float, help="decision threshold on the xCos score")
     explain.add_argument("--metrics", help="take the threshold from a test run's metrics.json")
@@ -322,7 +328,7 @@ def explain_command(args: argparse.Namespace) -> int:
         f"{verdict}"
     )
     if args.out:
-        result.figure().savefig(args.out, bbox_inches="tight")
+        result.figure(args.layout).savefig(args.out, bbox_inches="tight")
         print(f"figure: {args.out}")
     if args.json:
         Path(args.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")

@@ -1,5 +1,8 @@
 """Figures of one xCos comparison: face A, face B, patch-cosine map, attention map, score.
 
+Two layouts: ``pair_figure`` (the paper's: faces and maps side by side) and ``overlay_figure``
+(the maps blended over both faces).
+
 Figures are built with matplotlib's object API (no pyplot state), so they are safe in
 training loops, worker threads and tests.
 """
@@ -54,6 +57,56 @@ def pair_figure(
     figure.suptitle(_caption(score, cos, label, threshold))
     figure.tight_layout()
     return figure
+
+
+def overlay_figure(
+    face_a: np.ndarray,
+    face_b: np.ndarray,
+    patch_cosine: np.ndarray,
+    attention: np.ndarray,
+    score: float,
+    cos: float | None = None,
+    label: int | None = None,
+    threshold: float | None = None,
+    alpha: float = 0.5,
+) -> Figure:
+    """The maps upsampled over both faces: patch cosine (top row, -1..1) and attention (bottom
+    row), each blended over face A and face B, with one colour bar per row.
+
+    Each grid cell covers the part of the face it describes; bilinear upsampling makes the maps
+    readable at a glance while the cell lines stay drawn.
+    """
+    figure = Figure(figsize=(6.6, 6.4), dpi=100)
+    axes = figure.subplots(2, 2)
+    rows = (
+        (patch_cosine, "RdBu_r", -1.0, 1.0, "patch cosine"),
+        (attention, "viridis", 0.0, float(attention.max()) or 1.0, "attention"),
+    )
+    for row, (values, cmap, low, high, name) in enumerate(rows):
+        for column, (face, which) in enumerate(((face_a, "A"), (face_b, "B"))):
+            axis = axes[row, column]
+            axis.imshow(face)
+            side = face.shape[0]
+            image = axis.imshow(
+                values,
+                cmap=cmap,
+                vmin=low,
+                vmax=high,
+                alpha=alpha,
+                interpolation="bilinear",
+                extent=(-0.5, side - 0.5, side - 0.5, -0.5),
+            )
+            _grid_lines(axis, side, values.shape[0])
+            axis.set_title(f"{name} over face {which}")
+            axis.set_xticks([])
+            axis.set_yticks([])
+        figure.colorbar(image, ax=list(axes[row]), fraction=0.046, pad=0.04)
+    figure.suptitle(_caption(score, cos, label, threshold))
+    return figure
+
+
+#: Figure layouts by name: the paper's four panels, or the maps over the faces.
+LAYOUTS = {"paper": pair_figure, "overlay": overlay_figure}
 
 
 def _caption(score: float, cos: float | None, label: int | None, threshold: float | None) -> str:

@@ -24,7 +24,7 @@ from xcos.config import ModelConfig, from_dict
 from xcos.data.images import read_rgb, to_image, to_tensor
 from xcos.engine.checkpoint import load_weights
 from xcos.engine.runtime import resolve_device
-from xcos.explain.figures import pair_figure
+from xcos.explain.figures import LAYOUTS
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import XCosModel, build_model, inference_config, select_faces
 
@@ -45,8 +45,11 @@ class Explanation:
     contribution: np.ndarray
     faces: tuple[np.ndarray, np.ndarray]
 
-    def figure(self) -> Figure:
-        return pair_figure(
+    def figure(self, layout: str = "paper") -> Figure:
+        """The explanation drawn in ``layout``: ``"paper"`` or ``"overlay"``."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+        return LAYOUTS[layout](
             self.faces[0],
             self.faces[1],
             self.patch_cosine,
