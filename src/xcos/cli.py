@@ -1,6 +1,6 @@
 """Command line: ``xcos <command>`` and the classic ``python main.py -tc config.json``.
 
-Commands: train, test, synth, prepare, explain, import, lfw-protocol.
+Commands: train, test, synth, prepare, explain, report, import, lfw-protocol.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from xcos.cli_recognizers import (
     import_command,
     protocol_command,
 )
+from xcos.cli_report import add_report_parser, report_command
 from xcos.config import Config, ConfigError, config_diff, load_config, merge_layers
 
 log = logging.getLogger("xcos")
 
-COMMANDS = ("train", "test", "synth", "prepare", "explain", "import", "lfw-protocol")
+COMMANDS = ("train", "test", "synth", "prepare", "explain", "report", "import", "lfw-protocol")
 
 
 def run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--align", choices=("auto", "always", "never"), default="auto")
     explain.add_argument("--device", default="auto")
     explain.add_argument("--debug", action="store_true")
+    add_report_parser(commands)
     add_import_parser(commands)
     add_protocol_parser(commands, run_arguments)
     return parser
@@ -173,6 +175,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return explain_command(args)
     if args.command == "import":
         return import_command(args)
+    if args.command == "report":
+        return report_command(args)
     base, _ = merge_layers(args.template_config)
     config = load_config(args.template_config, args.specified_configs, args.overrides)
     run_dir = choose_run_dir(args, config)

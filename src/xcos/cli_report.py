@@ -1,0 +1,52 @@
+"""``xcos report``: a static HTML page of a model's worst errors on a pair set."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_report_parser(commands: argparse._SubParsersAction) -> None:
+    text = "write a static HTML report of a model's errors and correct decisions on a pair set"
+    parser = commands.add_parser("report", help=text, description=text)
+    parser.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
+    parser.add_argument("--pairs", required=True, help="a pair set: .pack, .csv, .bin or LFW .txt")
+    parser.add_argument("--out", required=True, help="the report folder (index.html, figures/)")
+    parser.add_argument("--threshold", type=float, help="decision threshold on the xCos score")
+    parser.add_argument("--metrics", help="take the threshold from a test run's metrics.json")
+    parser.add_argument("--errors", type=int, default=8, help="worst errors shown of each kind")
+    parser.add_argument("--correct", type=int, default=8, help="correct decisions shown")
+    parser.add_argument("--layout", choices=("paper", "overlay"), default="paper")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--debug", action="store_true")
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from xcos.data.pair_sets import LFW_ALIGNMENT, load_pair_set
+    from xcos.explain.report import write_report
+    from xcos.explain.verifier import Verifier
+
+    verifier = Verifier.from_checkpoint(args.pretrained, args.threshold, args.metrics, args.device)
+    if verifier.threshold is None:
+        raise ValueError(
+            "no decision threshold: pass --threshold, or --metrics with a test run's "
+            "metrics.json, or use a checkpoint written after validation"
+        )
+    spec: str | dict = args.pairs
+    if Path(args.pairs).suffix.lower() == ".txt":  # LFW photos: aligned the model's way
+        model = verifier.model
+        align = LFW_ALIGNMENT | {"template": model.face_template, "image_size": model.input_size}
+        spec = {"type": "lfw", "path": args.pairs, "align": align}
+    pair_set = load_pair_set(spec, "--pairs")
+    page = write_report(
+        verifier.model,
+        pair_set,
+        verifier.threshold,
+        args.out,
+        verifier.device,
+        errors=args.errors,
+        correct=args.correct,
+        layout=args.layout,
+    )
+    print(f"report: {page} ({len(pair_set)} pairs, threshold {verifier.threshold:.4f})")
+    return 0

@@ -1,0 +1,151 @@
+"""A static HTML report of a model's decisions on a pair set: its worst errors and a sample of
+correct decisions, each with its explanation figure.
+
+The report is a folder: ``index.html`` and ``figures/*.png`` with relative links, no scripts
+and no external resources, so it opens offline and can be zipped or served as is.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xcos.data.pair_sets import PairSet
+from xcos.evaluation.evaluator import compare_pairs, embed_images
+from xcos.explain.figures import LAYOUTS, save_figure
+
+
+@dataclass
+class ReportEntry:
+    """One pair shown in the report."""
+
+    pair: int
+    label: int
+    xcos: float
+    cos: float
+    figure: str  # path relative to the report folder
+
+
+def pick_pairs(
+    scores: np.ndarray, labels: np.ndarray, threshold: float, errors: int, correct: int, seed: int
+) -> dict[str, list[int]]:
+    """Indices of the worst false accepts (highest scores of different people), the worst false
+    rejects (lowest scores of the same person) and a seeded sample of correct decisions."""
+    same = scores > threshold
+    false_accepts = np.flatnonzero(same & (labels == 0))
+    false_rejects = np.flatnonzero(~same & (labels == 1))
+    right = np.flatnonzero(same == (labels == 1))
+    sample = np.random.default_rng(seed).permutation(right)[:correct]
+    return {
+        "false accepts": false_accepts[np.argsort(-scores[false_accepts])][:errors].tolist(),
+        "false rejects": false_rejects[np.argsort(scores[false_rejects])][:errors].tolist(),
+        "correct decisions": sorted(sample.tolist()),
+    }
+
+
+@torch.no_grad()
+def write_report(
+    model: torch.nn.Module,
+    pair_set: PairSet,
+    threshold: float,
+    out: str | Path,
+    device: torch.device,
+    errors: int = 8,
+    correct: int = 8,
+    layout: str = "paper",
+    seed: int = 0,
+) -> Path:
+    """Score every pair, pick the pairs to show, draw them and write ``out/index.html``."""
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    model.eval()
+    faces = embed_images(model, pair_set, device)
+    scores = compare_pairs(model, faces, pair_set.pairs, device, keep_maps=True)
+    labels = pair_set.labels
+    chosen = pick_pairs(scores["xcos"], labels, threshold, errors, correct, seed)
+    sections = {}
+    for title, indices in chosen.items():
+        sections[title] = [
+            _draw(model, pair_set, scores, index, threshold, out, layout) for index in indices
+        ]
+    accuracy = float(((scores["xcos"] > threshold) == (labels == 1)).mean())
+    counts = {title: _count(scores["xcos"], labels, threshold, title) for title in chosen}
+    page = _page(pair_set.name, len(labels), threshold, accuracy, counts, sections)
+    (out / "index.html").write_text(page, encoding="utf-8")
+    return out / "index.html"
+
+
+def _count(scores: np.ndarray, labels: np.ndarray, threshold: float, title: str) -> int:
+    same = scores > threshold
+    if title == "false accepts":
+        return int((same & (labels == 0)).sum())
+    if title == "false rejects":
+        return int((~same & (labels == 1)).sum())
+    return int((same == (labels == 1)).sum())
+
+
+def _draw(model, pair_set, scores, index, threshold, out, layout) -> ReportEntry:
+    size = model.input_size
+    face_a, face_b = (pair_set.image(int(j), size) for j in pair_set.pairs[index])
+    label = int(pair_set.labels[index])
+    figure = LAYOUTS[layout](
+        face_a,
+        face_b,
+        scores["patch_cosine"][index],
+        scores["attention"][index],
+        float(scores["xcos"][index]),
+        float(scores["cos"][index]),
+        label,
+        threshold,
+    )
+    relative = f"figures/pair_{index:06d}.png"
+    save_figure(figure, out / relative)
+    return ReportEntry(
+        index, label, float(scores["xcos"][index]), float(scores["cos"][index]), relative
+    )
+
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+table.summary td { padding: 0.2em 1em 0.2em 0; }
+.entry { border: 1px solid #ccc; margin: 1em 0; padding: 0.5em; }
+.entry img { max-width: 100%; }
+"""
+
+
+def _page(name, pairs, threshold, accuracy, counts, sections) -> str:
+    title = f"xCos report: {html.escape(name)}"
+    rows = [
+        ("pair set", html.escape(name)),
+        ("pairs", str(pairs)),
+        ("threshold (xCos)", f"{threshold:.4f}"),
+        ("accuracy at this threshold", f"{accuracy * 100:.2f}%"),
+        *[(html.escape(k), str(v)) for k, v in counts.items()],
+    ]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{title}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{title}</h1>",
+        '<table class="summary">',
+        *[f"<tr><td>{key}</td><td>{value}</td></tr>" for key, value in rows],
+        "</table>",
+    ]
+    for heading, entries in sections.items():
+        parts.append(f"<h2>{html.escape(heading)} ({len(entries)} shown)</h2>")
+        if not entries:
+            parts.append("<p>none</p>")
+        for entry in entries:
+            truth = "same person" if entry.label else "different people"
+            parts.append(
+                f'<div class="entry"><p>pair {entry.pair}: xCos {entry.xcos:.4f}, '
+                f"cos {entry.cos:.4f}, truth: {truth}, threshold {threshold:.4f}</p>"
+                f'<img src="{html.escape(entry.figure)}" alt="explanation of pair {entry.pair}">'
+                "</div>"
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,133 @@
+"""`xcos report`: a static HTML page of a model's worst errors, with working relative images."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from xcos.cli import main
+from xcos.explain.report import pick_pairs
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_synth, tmp_path_factory):
+    from tests.conftest import DEMO_CONFIG, tiny_overrides
+    from xcos.config import load_config
+    from xcos.engine.trainer import Trainer
+
+    config = load_config(DEMO_CONFIG, [tiny_overrides(tiny_synth)])
+    run = tmp_path_factory.mktemp("run")
+    Trainer(config, run, torch.device("cpu")).fit()
+    return run / "checkpoints" / "best.pth"
+
+
+class Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.tags: set[str] = set()
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_pick_pairs_orders_the_worst_errors_first():
+    scores = np.array([0.9, 0.2, 0.7, 0.1, 0.6, 0.4, 0.8])
+    labels = np.array([0, 1, 0, 1, 1, 0, 1])
+    picked = pick_pairs(scores, labels, threshold=0.5, errors=5, correct=10, seed=0)
+    assert picked["false accepts"] == [0, 2]  # different people scored highest first
+    assert picked["false rejects"] == [3, 1]  # same person scored lowest first
+    assert picked["correct decisions"] == [4, 5, 6]
+    assert pick_pairs(scores, labels, 0.5, errors=1, correct=1, seed=0)["false accepts"] == [0]
+
+
+def test_report_is_a_self_contained_folder(checkpoint, tiny_synth, tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["report", "-p", str(checkpoint), "--pairs", str(tiny_synth / "synth_val.csv")]
+    args += ["--out", str(out), "--threshold", "0.5", "--errors", "3", "--correct", "2"]
+    assert main([*args, "--device", "cpu"]) == 0
+    assert "index.html" in capsys.readouterr().out
+    page = Page()
+    page.feed((out / "index.html").read_text(encoding="utf-8"))
+    assert page.images, "the report shows no figure"
+    for source in page.images:
+        assert not source.startswith(("/", "http")), source  # relative: opens offline
+        with Image.open(out / source) as image:
+            assert image.size[0] > 300
+    assert not page.tags & {"script", "link", "iframe"}  # nothing to fetch or run
+    text = " ".join(page.text)
+    assert "threshold (xCos)" in text and "0.5000" in text and "accuracy at this threshold" in text
+    for heading in ("false accepts", "false rejects", "correct decisions"):
+        assert heading in text
+    assert len(page.images) <= 3 + 3 + 2
+
+
+def test_report_needs_a_threshold(checkpoint, tiny_synth, tmp_path, capsys):
+    bare = tmp_path / "bare.pth"
+    state = torch.load(checkpoint, weights_only=True)
+    state["threshold"] = None
+    torch.save(state, bare)
+    args = ["report", "-p", str(bare), "--pairs", str(tiny_synth / "synth_val.csv")]
+    assert main([*args, "--out", str(tmp_path / "r"), "--device", "cpu"]) == 2
+    assert "threshold" in capsys.readouterr().err
+
+
+def chromium_or_skip():
+    """Selenium + Debian's chromium and chromium-driver; skip with the reason when absent (fail
+    instead under XCOS_REQUIRE_BROWSER=1)."""
+    import os
+    import shutil
+
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("the selenium package (dev extra)")
+    if missing:
+        message = f"headless browser test needs {', '.join(missing)}"
+        if os.environ.get("XCOS_REQUIRE_BROWSER") == "1":
+            pytest.fail(message + " (XCOS_REQUIRE_BROWSER=1)")
+        pytest.skip(message)
+    return shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def test_report_opens_in_headless_chromium(checkpoint, tiny_synth, tmp_path):
+    chromium, chromedriver = chromium_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    out = tmp_path / "report"
+    args = ["report", "-p", str(checkpoint), "--pairs", str(tiny_synth / "synth_val.csv")]
+    assert main([*args, "--out", str(out), "--threshold", "0.5", "--device", "cpu"]) == 0
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    try:
+        driver.get((out / "index.html").as_uri())
+        shown = driver.execute_script("return document.images.length")
+        broken = driver.execute_script(
+            "return Array.from(document.images)"
+            ".filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)"
+        )
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert driver.title.startswith("xCos report")
+        assert shown > 0 and broken == [], broken
+        assert errors == [], errors
+        assert driver.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        driver.quit()
+    with Image.open(tmp_path / "report.png") as screenshot:
+        assert screenshot.size[0] > 300
