@@ -102,3 +102,17 @@ def tiny_config(tiny_synth):
         return load_config(DEMO_CONFIG, [tiny_overrides(tiny_synth), *layers], overrides)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_synth, tmp_path_factory) -> Path:
+    """best.pth of the shrunk demo config trained for a few steps (shared by a session)."""
+    import torch
+
+    from xcos.config import load_config
+    from xcos.engine.trainer import Trainer
+
+    config = load_config(DEMO_CONFIG, [tiny_overrides(tiny_synth)])
+    run = tmp_path_factory.mktemp("run")
+    Trainer(config, run, torch.device("cpu")).fit()
+    return run / "checkpoints" / "best.pth"

@@ -13,16 +13,9 @@ from xcos.cli import main
 from xcos.explain.report import pick_pairs
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_synth, tmp_path_factory):
-    from tests.conftest import DEMO_CONFIG, tiny_overrides
-    from xcos.config import load_config
-    from xcos.engine.trainer import Trainer
-
-    config = load_config(DEMO_CONFIG, [tiny_overrides(tiny_synth)])
-    run = tmp_path_factory.mktemp("run")
-    Trainer(config, run, torch.device("cpu")).fit()
-    return run / "checkpoints" / "best.pth"
+@pytest.fixture
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 class Page(HTMLParser):
