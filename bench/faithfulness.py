@@ -37,6 +37,7 @@ from xcos.explain.baselines import (
     compare_pairs,
     xcos_target,
 )
+from xcos.explain.report import pair_set_for_model
 from xcos.explain.verifier import Verifier
 
 
@@ -123,8 +124,10 @@ def pointing_hit(explanation_map: np.ndarray, row: dict[str, str], image_size: i
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
-    parser.add_argument("--pairs", required=True, help="pair CSV; its same-person pairs are used")
-    parser.add_argument("--one-region", required=True, help="SynthFaces one-region pairs CSV")
+    parser.add_argument(
+        "--pairs", required=True, help="a pair set (CSV, pack, .bin, LFW .txt): same-person pairs"
+    )
+    parser.add_argument("--one-region", help="SynthFaces one-region pairs CSV (pointing game)")
     parser.add_argument("--count", type=int, default=60, help="pairs of each kind")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -135,34 +138,40 @@ def main() -> None:
     deletion: dict[str, list[float]] = {name: [] for name in methods}
     insertion: dict[str, list[float]] = {name: [] for name in methods}
     hits: dict[str, list[bool]] = {name: [] for name in methods}
-    pairs_csv, regions_csv = Path(args.pairs), Path(args.one_region)
-    for row in read_rows(pairs_csv, args.count, label=1):
-        image_a, image_b = load_pair(row, pairs_csv.parent, size)
+    pair_set = pair_set_for_model(args.pairs, model)
+    for index in np.flatnonzero(pair_set.labels == 1)[: args.count]:
+        image_a, image_b = (
+            to_tensor(pair_set.image(int(j), size))[None] for j in pair_set.pairs[index]
+        )
         for name, method in methods.items():
             explanation = combined_map(method.explain(model, image_a, image_b))
             order = np.argsort(-explanation, axis=None, kind="stable")
             down, up = curves(model, image_a, image_b, order, *explanation.shape)
             deletion[name].append(area(down))
             insertion[name].append(area(up))
-    for row in read_rows(regions_csv, args.count):
-        image_a, image_b = load_pair(row, regions_csv.parent, size)
-        scale = size / read_rgb(regions_csv.parent / row["path_a"]).shape[0]
-        scaled = {k: str(float(row[k]) * scale) for k in ("x0", "y0", "x1", "y1")}
-        for name, method in methods.items():
-            explanation = combined_map(method.explain(model, image_a, image_b))
-            hits[name].append(pointing_hit(explanation, scaled, size))
+    if args.one_region:
+        regions_csv = Path(args.one_region)
+        for row in read_rows(regions_csv, args.count):
+            image_a, image_b = load_pair(row, regions_csv.parent, size)
+            scale = size / read_rgb(regions_csv.parent / row["path_a"]).shape[0]
+            scaled = {k: str(float(row[k]) * scale) for k in ("x0", "y0", "x1", "y1")}
+            for name, method in methods.items():
+                explanation = combined_map(method.explain(model, image_a, image_b))
+                hits[name].append(pointing_hit(explanation, scaled, size))
     height, width = explanation.shape
     print(f"model {args.pretrained}, grid {height}x{width}, score explained: xCos")
-    print(f"deletion/insertion: {len(deletion['xcos'])} same-person pairs of {pairs_csv.name}")
-    print(f"pointing game: {len(hits['xcos'])} one-region pairs of {regions_csv.name}")
+    print(f"deletion/insertion: {len(deletion['xcos'])} same-person pairs of {pair_set.name}")
+    if args.one_region:
+        print(f"pointing game: {len(hits['xcos'])} one-region pairs of {regions_csv.name}")
     print(
         f"{'method':<12}{'deletion AUC (lower)':>22}{'insertion AUC (higher)':>24}"
         f"{'pointing game':>16}"
     )
     for name in methods:
+        pointing = f"{np.mean(hits[name]) * 100:>15.1f}%" if hits[name] else f"{'-':>16}"
         print(
             f"{name:<12}{np.mean(deletion[name]):>22.4f}{np.mean(insertion[name]):>24.4f}"
-            f"{np.mean(hits[name]) * 100:>15.1f}%"
+            + pointing
         )
 
 

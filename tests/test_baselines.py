@@ -171,3 +171,21 @@ def test_occlusion_matches_one_cell_occluded_by_hand(model, pair):
 def test_occlusion_rejects_an_unknown_fill():
     with pytest.raises(ValueError, match="fill"):
         Occlusion(fill="zeros")
+
+
+@pytest.mark.parametrize(
+    ("backbone", "size", "grid"),
+    [
+        ({"type": "dlib_resnet", "level": 1, "weights": None}, 150, 4),
+        ({"type": "iresnet", "depth": 10, "width": 0.25}, 112, 7),
+    ],
+)
+def test_gradcam_finds_the_grid_layer_of_every_backbone(backbone, size, grid):
+    from xcos.config import ModelConfig, from_dict
+
+    torch.manual_seed(0)
+    model_cfg = from_dict(ModelConfig, {"backbone": backbone, "head": {"type": "xcos"}}, "model")
+    model = build_model(model_cfg)
+    faces = torch.rand(2, 3, size, size) * 2 - 1
+    explanation = GradCAM().explain(model, faces[0], faces[1])
+    assert explanation.map.shape == explanation.map_b.shape == (grid, grid)

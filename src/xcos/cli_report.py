@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def add_report_parser(commands: argparse._SubParsersAction) -> None:
@@ -22,8 +21,7 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from xcos.data.pair_sets import LFW_ALIGNMENT, load_pair_set
-    from xcos.explain.report import write_report
+    from xcos.explain.report import pair_set_for_model, write_report
     from xcos.explain.verifier import Verifier
 
     verifier = Verifier.from_checkpoint(args.pretrained, args.threshold, args.metrics, args.device)
@@ -32,12 +30,7 @@ def report_command(args: argparse.Namespace) -> int:
             "no decision threshold: pass --threshold, or --metrics with a test run's "
             "metrics.json, or use a checkpoint written after validation"
         )
-    spec: str | dict = args.pairs
-    if Path(args.pairs).suffix.lower() == ".txt":  # LFW photos: aligned the model's way
-        model = verifier.model
-        align = LFW_ALIGNMENT | {"template": model.face_template, "image_size": model.input_size}
-        spec = {"type": "lfw", "path": args.pairs, "align": align}
-    pair_set = load_pair_set(spec, "--pairs")
+    pair_set = pair_set_for_model(args.pairs, verifier.model)
     page = write_report(
         verifier.model,
         pair_set,

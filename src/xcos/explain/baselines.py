@@ -160,7 +160,11 @@ class RandomMap(PairExplainer):
 
 
 def default_layer(model: Any) -> nn.Module:
-    """The module whose output is ``backbone.forward_features``: the last unit of ``body``."""
+    """The module whose output is ``backbone.forward_features``: the backbone's ``grid_layer``
+    when it names one, else the last unit of its ``body`` (IR / IR-SE)."""
+    named = getattr(model.backbone, "grid_layer", None)
+    if isinstance(named, nn.Module):
+        return named
     body = getattr(model.backbone, "body", None)
     children = list(body.children()) if isinstance(body, nn.Module) else []
     if not children:

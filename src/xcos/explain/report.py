@@ -19,6 +19,18 @@ from xcos.evaluation.evaluator import compare_pairs, embed_images
 from xcos.explain.figures import LAYOUTS, save_figure
 
 
+def pair_set_for_model(path: str, model: torch.nn.Module, where: str = "--pairs") -> PairSet:
+    """Read a pair set; LFW pair files (photos) are aligned the way ``model`` expects (its
+    template and input size), through the pack cache."""
+    from xcos.data.pair_sets import LFW_ALIGNMENT, load_pair_set
+
+    spec: str | dict = path
+    if Path(path).suffix.lower() == ".txt":
+        align = LFW_ALIGNMENT | {"template": model.face_template, "image_size": model.input_size}
+        spec = {"type": "lfw", "path": path, "align": align}
+    return load_pair_set(spec, where)
+
+
 @dataclass
 class ReportEntry:
     """One pair shown in the report."""

@@ -135,6 +135,11 @@ class ArcFaceIResNet(nn.Module):
         """
         init_face_resnet(self)
 
+    @property
+    def grid_layer(self) -> nn.Module:
+        """The module whose output is the grid (for hooks such as Grad-CAM's)."""
+        return self.layer4
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, 3, H, W] -> grid [B, out_channels, H/16, W/16]`` (layer4 output, before bn2)."""
         x = self.prelu(self.bn1(self.conv1(x)))

@@ -185,6 +185,11 @@ class DlibResNet(nn.Module):
             self.fc.weight.copy_(torch.from_numpy(params.fc_weight))
             self.means.copy_(torch.from_numpy(params.means))
 
+    @property
+    def grid_layer(self) -> nn.Module:
+        """The module whose output is the grid (for hooks such as Grad-CAM's)."""
+        return self.get_submodule(f"level{self.level}")
+
     def _dlib_input(self, x: torch.Tensor) -> torch.Tensor:
         """xcos normalisation ``pixel / 127.5 - 1`` -> dlib's ``(pixel - mean[c]) / 256``."""
         pixels = (x + 1.0) * 127.5
