@@ -83,5 +83,4 @@ def protocol_command(args: argparse.Namespace, config, run_dir: Path, device) ->
     )
     log.info("%s", format_results(results))
     log.info("results: %s", run_dir / "results.json")
-    log.debug("%s", json.dumps(results))
     return 0

@@ -64,10 +64,10 @@ def source_digest(pair_set: PairSet, sources: Sequence[Path]) -> str:
     return digest.hexdigest()
 
 
-def align_images(pair_set: PairSet, aligner: Any, batch_size: int = 32) -> np.ndarray:
-    """Aligned faces uint8 [M, 3, S, S] for the distinct images of a path-based pair set."""
+def align_images(paths: Sequence[str | Path], aligner: Any, batch_size: int = 32) -> np.ndarray:
+    """Aligned faces uint8 [M, 3, S, S] of image files, in order."""
     faces = []
-    paths = list(pair_set.images)
+    paths = [str(p) for p in paths]
     for start in range(0, len(paths), batch_size):
         for aligned in aligner.align_batch(paths[start : start + batch_size]):
             faces.append(aligned.face.transpose(2, 0, 1))
@@ -90,7 +90,7 @@ def prepare_pack(
     else:
         if aligner is None:
             raise ValueError("prepare: images given as files need a face aligner")
-        faces = align_images(pair_set, aligner, batch_size)
+        faces = align_images(pair_set.images, aligner, batch_size)
         stats = aligner.stats
         alignment = {
             "settings": aligner_settings(aligner),
@@ -172,9 +172,7 @@ def cached_faces(
     target = cache / "faces" / f"{key}.npy"
     if not target.is_file():
         log.info("aligning %d images into the cache %s", len(paths), target)
-        no_pairs = np.zeros((0, 2), dtype=np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        images_only = PairSet("faces", [str(p) for p in paths], *no_pairs)
-        faces = align_images(images_only, aligner, batch_size)
+        faces = align_images(paths, aligner, batch_size)
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = target.with_suffix(f".tmp{os.getpid()}.npy")
         np.save(temp, faces)

@@ -42,16 +42,24 @@ class ReportEntry:
     figure: str  # path relative to the report folder
 
 
+def decisions(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """Indices of the false accepts, false rejects and correct decisions at ``threshold``."""
+    same = scores > threshold
+    return {
+        "false accepts": np.flatnonzero(same & (labels == 0)),
+        "false rejects": np.flatnonzero(~same & (labels == 1)),
+        "correct decisions": np.flatnonzero(same == (labels == 1)),
+    }
+
+
 def pick_pairs(
     scores: np.ndarray, labels: np.ndarray, threshold: float, errors: int, correct: int, seed: int
 ) -> dict[str, list[int]]:
     """Indices of the worst false accepts (highest scores of different people), the worst false
     rejects (lowest scores of the same person) and a seeded sample of correct decisions."""
-    same = scores > threshold
-    false_accepts = np.flatnonzero(same & (labels == 0))
-    false_rejects = np.flatnonzero(~same & (labels == 1))
-    right = np.flatnonzero(same == (labels == 1))
-    sample = np.random.default_rng(seed).permutation(right)[:correct]
+    found = decisions(scores, labels, threshold)
+    false_accepts, false_rejects = found["false accepts"], found["false rejects"]
+    sample = np.random.default_rng(seed).permutation(found["correct decisions"])[:correct]
     return {
         "false accepts": false_accepts[np.argsort(-scores[false_accepts])][:errors].tolist(),
         "false rejects": false_rejects[np.argsort(scores[false_rejects])][:errors].tolist(),
@@ -84,20 +92,12 @@ def write_report(
         sections[title] = [
             _draw(model, pair_set, scores, index, threshold, out, layout) for index in indices
         ]
-    accuracy = float(((scores["xcos"] > threshold) == (labels == 1)).mean())
-    counts = {title: _count(scores["xcos"], labels, threshold, title) for title in chosen}
+    found = decisions(scores["xcos"], labels, threshold)
+    counts = {title: len(indices) for title, indices in found.items()}
+    accuracy = counts["correct decisions"] / len(labels)
     page = _page(pair_set.name, len(labels), threshold, accuracy, counts, sections)
     (out / "index.html").write_text(page, encoding="utf-8")
     return out / "index.html"
-
-
-def _count(scores: np.ndarray, labels: np.ndarray, threshold: float, title: str) -> int:
-    same = scores > threshold
-    if title == "false accepts":
-        return int((same & (labels == 0)).sum())
-    if title == "false rejects":
-        return int((~same & (labels == 1)).sum())
-    return int((same == (labels == 1)).sum())
 
 
 def _draw(model, pair_set, scores, index, threshold, out, layout) -> ReportEntry:
