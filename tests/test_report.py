@@ -76,8 +76,8 @@ def test_report_needs_a_threshold(checkpoint, tiny_synth, tmp_path, capsys):
 
 
 def chromium_or_skip():
-    """Selenium + Debian's chromium and chromium-driver; skip with the reason when absent (fail
-    instead under XCOS_REQUIRE_BROWSER=1)."""
+    """Selenium + Debian's chromium and chromium-driver; skip with the reason when absent, fail
+    instead under XCOS_REQUIRE_DATA=1 (CI; .ci/run installs them) or XCOS_REQUIRE_BROWSER=1."""
     import os
     import shutil
 
@@ -88,8 +88,10 @@ def chromium_or_skip():
         missing.append("the selenium package (dev extra)")
     if missing:
         message = f"headless browser test needs {', '.join(missing)}"
-        if os.environ.get("XCOS_REQUIRE_BROWSER") == "1":
-            pytest.fail(message + " (XCOS_REQUIRE_BROWSER=1)")
+        flags = ("XCOS_REQUIRE_DATA", "XCOS_REQUIRE_BROWSER")
+        required = [flag for flag in flags if os.environ.get(flag) == "1"]
+        if required:
+            pytest.fail(f"{message}; required under {required[0]}=1 (.ci/run installs them)")
         pytest.skip(message)
     return shutil.which("chromium"), shutil.which("chromedriver")
 
