@@ -1,6 +1,6 @@
 """Command line: ``xcos <command>`` and the classic ``python main.py -tc config.json``.
 
-Commands: train, test, synth, prepare, explain, report, import, lfw-protocol.
+Commands: train, test, synth, prepare, pack, explain, report, import, lfw-protocol.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xcos.cli_pack import add_pack_parser, pack_command
 from xcos.cli_recognizers import (
     add_import_parser,
     add_protocol_parser,
@@ -26,7 +27,17 @@ from xcos.config import Config, ConfigError, config_diff, load_config, merge_lay
 
 log = logging.getLogger("xcos")
 
-COMMANDS = ("train", "test", "synth", "prepare", "explain", "report", "import", "lfw-protocol")
+COMMANDS = (
+    "train",
+    "test",
+    "synth",
+    "prepare",
+    "pack",
+    "explain",
+    "report",
+    "import",
+    "lfw-protocol",
+)
 
 
 def run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--align", choices=("auto", "always", "never"), default="auto")
     explain.add_argument("--device", default="auto")
     explain.add_argument("--debug", action="store_true")
+    add_pack_parser(commands)
     add_report_parser(commands)
     add_import_parser(commands)
     add_protocol_parser(commands, run_arguments)
@@ -175,29 +187,48 @@ def dispatch(args: argparse.Namespace) -> int:
         return explain_command(args)
     if args.command == "import":
         return import_command(args)
+    if args.command == "pack":
+        return pack_command(args)
     if args.command == "report":
         return report_command(args)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """train / test / lfw-protocol: one process, or one of several started by torchrun."""
+    from xcos.engine.distributed import Distributed, init_distributed, shutdown_distributed
+
     base, _ = merge_layers(args.template_config)
     config = load_config(args.template_config, args.specified_configs, args.overrides)
-    run_dir = choose_run_dir(args, config)
-    setup_logging(run_dir)
-    changes = config_diff(base, config.raw)
-    log.info(
-        "config %s%s",
-        args.template_config,
-        "".join(f"\n  {line}" for line in changes) or " (unchanged)",
-    )
-    (run_dir / "config.json").write_text(json.dumps(config.raw, indent=2) + "\n")
-    from xcos.engine.runtime import resolve_device
-
-    device = resolve_device(args.device)
-    log.info("run directory %s, device %s", run_dir, device)
-    prepare_data(config)
-    if args.command == "train":
-        return train_command(args, config, run_dir, device)
-    if args.command == "lfw-protocol":
-        return protocol_command(args, config, run_dir, device)
-    return test_command(args, config, run_dir, device)
+    dist, device = init_distributed(args.device)
+    try:
+        if dist.enabled and args.command != "train":
+            if args.command == "lfw-protocol":
+                raise ConfigError("lfw-protocol runs in one process: start it without torchrun")
+            if not dist.is_main:
+                return 0  # testing is not sharded: rank 0 tests alone
+            dist = Distributed()
+        run_dir = Path(dist.broadcast(str(choose_run_dir(args, config)) if dist.is_main else ""))
+        setup_logging(run_dir, dist.rank)
+        changes = config_diff(base, config.raw)
+        log.info(
+            "config %s%s",
+            args.template_config,
+            "".join(f"\n  {line}" for line in changes) or " (unchanged)",
+        )
+        if dist.is_main:
+            (run_dir / "config.json").write_text(json.dumps(config.raw, indent=2) + "\n")
+        processes = f", {dist.world_size} processes" if dist.enabled else ""
+        log.info("run directory %s, device %s%s", run_dir, device, processes)
+        with dist.main_first():  # one process generates data the others then read
+            prepare_data(config)
+        if args.command == "train":
+            return train_command(args, config, run_dir, device, dist)
+        if args.command == "lfw-protocol":
+            return protocol_command(args, config, run_dir, device)
+        return test_command(args, config, run_dir, device)
+    finally:
+        shutdown_distributed()
 
 
 def choose_run_dir(args: argparse.Namespace, config: Config) -> Path:
@@ -217,14 +248,19 @@ def close_logging() -> None:
         handler.close()
 
 
-def setup_logging(run_dir: Path) -> None:
+def setup_logging(run_dir: Path, rank: int = 0) -> None:
+    """Rank 0 logs to the console and ``run_dir/log.txt``; other ranks print only warnings."""
     log.setLevel(logging.INFO)
     close_logging()
     console = logging.StreamHandler(sys.stdout)
+    log.addHandler(console)
+    if rank != 0:
+        console.setLevel(logging.WARNING)
+        console.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s: %(message)s"))
+        return
     console.setFormatter(logging.Formatter("%(message)s"))
     to_file = logging.FileHandler(run_dir / "log.txt")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log.addHandler(console)
     log.addHandler(to_file)
 
 
@@ -236,10 +272,12 @@ def prepare_data(config: Config) -> None:
         GENERATORS.build(config.data.synthetic, "data.synthetic")
 
 
-def train_command(args, config: Config, run_dir: Path, device) -> int:
+def train_command(args, config: Config, run_dir: Path, device, dist=None) -> int:
     from xcos.engine.trainer import Trainer
 
-    trainer = Trainer(config, run_dir, device, resume=args.resume, weights=args.pretrained)
+    trainer = Trainer(
+        config, run_dir, device, resume=args.resume, weights=args.pretrained, dist=dist
+    )
     trainer.fit()
     log.info(
         "checkpoints: %s and %s",

@@ -8,6 +8,7 @@ import xcos.data.lfw
 import xcos.data.lfw_people
 import xcos.data.pack
 import xcos.data.pair_sets
+import xcos.data.shards
 import xcos.evaluation.roc
 import xcos.evaluation.verification
 import xcos.losses

@@ -60,6 +60,9 @@ class TrainerConfig:
     log_every: int = 50
     checkpoint_every_steps: int | None = None
     max_steps_per_epoch: int | None = None
+    compile: bool = False
+    sync_batchnorm: bool = False
+    find_unused_parameters: bool = False
     tensorboard: bool = True
     tensorboard_images: int = 4
     progress_bar: bool = True
@@ -68,8 +71,11 @@ class TrainerConfig:
 @dataclass
 class DataConfig:
     train: Annotated[dict, Component("DATASETS")] | None = None
-    batch_size: int = 32
+    batch_size: int = 32  # per process: the global batch is batch_size x processes
     num_workers: int = 2
+    pin_memory: bool | None = None  # None: pin when training on CUDA
+    persistent_workers: bool = True
+    prefetch_factor: int | None = None  # batches each worker keeps ready (torch's default: 2)
     cache_features: bool = True
     synthetic: Annotated[dict, Component("GENERATORS")] | None = None
 

@@ -48,6 +48,13 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[list[Path]]]:
     return names, images
 
 
+def split_key(key: int | tuple[int, int]) -> tuple[int | None, int]:
+    """(epoch or None, index) of a data set key: an index or an ``(epoch, index)`` pair."""
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return None, int(key)
+
+
 class IdentityPairs(Dataset):
     """Training pairs from images grouped by identity (subclasses say how to read a face).
 
@@ -58,7 +65,10 @@ class IdentityPairs(Dataset):
     different-identity partner (no endless search for a second image).
 
     Items: ``image_a``, ``image_b`` [3, S, S] normalised RGB; ``identity_a``, ``identity_b``
-    (class indices); ``label`` (1 same identity, 0 different).
+    (class indices); ``label`` (1 same identity, 0 different). A key is an index (the epoch
+    set by ``set_epoch``) or an ``(epoch, index)`` pair, as the trainer's sampler yields: with
+    persistent DataLoader workers the copies of the data set in the workers never see
+    ``set_epoch``, so the epoch travels with each key.
 
     Args:
         counts: images per identity; images are numbered identity by identity.
@@ -106,9 +116,11 @@ class IdentityPairs(Dataset):
             + rng.integers(self.offsets[other_label + 1] - self.offsets[other_label])
         )
 
-    def sample(self, index: int) -> tuple[int, bool, bool]:
-        """The partner of anchor ``index`` this epoch and whether each face is flipped."""
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+    def sample(self, index: int, epoch: int | None = None) -> tuple[int, bool, bool]:
+        """The partner of anchor ``index`` in ``epoch`` (default: the one set) and whether each
+        face is flipped."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch, index])
         other = self.partner(index, rng)
         flips = rng.random(2) < 0.5 if self.flip else (False, False)
         return other, bool(flips[0]), bool(flips[1])
@@ -119,8 +131,9 @@ class IdentityPairs(Dataset):
             image = image[:, ::-1]
         return to_tensor(image)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        other, flip_a, flip_b = self.sample(index)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = split_key(key)
+        other, flip_a, flip_b = self.sample(index, epoch)
         label_a, label_b = int(self.labels[index]), int(self.labels[other])
         return {
             "image_a": self.load(index, flip_a),

@@ -86,7 +86,7 @@ def write_pack(
         for file_name, content in members.items():
             text = json.dumps(content, indent=1, ensure_ascii=False) + "\n"
             _write_file(temp / file_name, lambda handle, t=text: handle.write(t.encode()))
-        _move_into_place(temp, target)
+        move_into_place(temp, target)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -215,7 +215,7 @@ def _write_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
         os.fsync(handle.fileno())
 
 
-def _move_into_place(temp: Path, target: Path) -> None:
+def move_into_place(temp: Path, target: Path) -> None:
     """Rename ``temp`` to ``target``; an existing ``target`` is swapped out, then deleted."""
     if not target.exists():
         temp.rename(target)

@@ -52,6 +52,26 @@ class PairSet:
         """``image`` as a function of the index only, at ``size``."""
         return lambda index: self.image(index, size)
 
+    def select(self, keep: np.ndarray) -> tuple[PairSet, np.ndarray]:
+        """The pairs ``keep`` (indices or a boolean mask) with only the images they use,
+        re-indexed; also the original indices of those images."""
+        keep = np.flatnonzero(keep) if keep.dtype == bool else np.asarray(keep, dtype=np.int64)
+        used, inverse = np.unique(self.pairs[keep], return_inverse=True)
+        images = (
+            self.images[used]
+            if isinstance(self.images, np.ndarray)
+            else [self.images[i] for i in used]
+        )
+        part = PairSet(
+            name=self.name,
+            images=images,
+            pairs=inverse.reshape(-1, 2).astype(np.int64),
+            labels=self.labels[keep],
+            folds=self.folds[keep],
+            extra={key: [values[i] for i in keep] for key, values in self.extra.items()},
+        )
+        return part, used
+
     def content_key(self) -> str | None:
         """A digest of the faces when they are held as an array (a pack), else None."""
         if not isinstance(self.images, np.ndarray):

@@ -30,24 +30,7 @@ def subset_folds(pair_set: PairSet, folds: Sequence[int]) -> PairSet:
     keep = np.isin(pair_set.folds, list(folds))
     if not keep.any():
         raise ValueError(f"{pair_set.name}: no pairs in folds {list(folds)}")
-    pairs = pair_set.pairs[keep]
-    used, inverse = np.unique(pairs, return_inverse=True)
-    images = (
-        pair_set.images[used]
-        if isinstance(pair_set.images, np.ndarray)
-        else [pair_set.images[i] for i in used]
-    )
-    return PairSet(
-        name=pair_set.name,
-        images=images,
-        pairs=inverse.reshape(-1, 2).astype(np.int64),
-        labels=pair_set.labels[keep],
-        folds=pair_set.folds[keep],
-        extra={
-            key: [v for v, k in zip(values, keep, strict=True) if k]
-            for key, values in pair_set.extra.items()
-        },
-    )
+    return pair_set.select(keep)[0]
 
 
 def source_digest(pair_set: PairSet, sources: Sequence[Path]) -> str:

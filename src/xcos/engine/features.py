@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from xcos.data.image_folder import IdentityPairs
+from xcos.data.image_folder import IdentityPairs, split_key
 from xcos.data.images import to_tensor
 from xcos.models.xcos_model import XCosModel
 
@@ -138,8 +138,9 @@ class CachedFeaturePairs(Dataset):
             index = int(self.store_index[index])
         return {f"{k}_{side}": self.outputs[k + suffix][index].float() for k in self.keys}
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        other, flip_a, flip_b = self.pairs.sample(index)
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = split_key(key)
+        other, flip_a, flip_b = self.pairs.sample(index, epoch)
         label_a, label_b = int(self.pairs.labels[index]), int(self.pairs.labels[other])
         return {
             **self._outputs(index, flip_a, "a"),

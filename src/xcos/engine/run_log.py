@@ -14,13 +14,19 @@ log = logging.getLogger(__name__)
 
 
 class RunLog:
-    """Scalars and map figures to ``DIR/tensorboard``; one row per epoch to ``DIR/metrics.csv``."""
+    """Scalars and map figures to ``DIR/tensorboard``; one row per epoch to ``DIR/metrics.csv``.
 
-    def __init__(self, run_dir: Path, trainer_cfg: Any, resumed: bool = False) -> None:
+    ``enabled=False`` (every rank but 0 of a distributed run) writes nothing and shows no bar.
+    """
+
+    def __init__(
+        self, run_dir: Path, trainer_cfg: Any, resumed: bool = False, enabled: bool = True
+    ) -> None:
         self.run_dir = run_dir
         self.cfg = trainer_cfg
+        self.enabled = enabled
         self.writer = None
-        if trainer_cfg.tensorboard:
+        if trainer_cfg.tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run_dir / "tensorboard"))
@@ -31,7 +37,7 @@ class RunLog:
                 self._columns = next(csv.reader(handle), None)
 
     def progress(self, total: int, description: str) -> tqdm:
-        enabled = self.cfg.progress_bar and sys.stderr.isatty()
+        enabled = self.enabled and self.cfg.progress_bar and sys.stderr.isatty()
         return tqdm(
             total=total, desc=description, disable=not enabled, leave=False, dynamic_ncols=True
         )
@@ -43,6 +49,8 @@ class RunLog:
 
     def epoch(self, row: dict[str, Any]) -> None:
         """Append one epoch's metrics to metrics.csv and the log."""
+        if not self.enabled:
+            return
         log.info(
             "epoch %d: %s",
             row["epoch"],

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from xcos.config import Config, ConfigError
 from xcos.data.pair_sets import load_pair_set
 from xcos.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from xcos.engine.distributed import Distributed
 from xcos.engine.features import cached_backbone_outputs, with_cached_features
+from xcos.engine.loading import EpochSampler, build_train_loader
 from xcos.engine.optim import build_optimizers, build_schedulers
 from xcos.engine.run_log import RunLog
 from xcos.engine.runtime import autocast_factory, rng_states, seed_everything, set_rng_states
@@ -27,35 +32,22 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped before the bad update."""
 
 
-class EpochSampler(Sampler[int]):
-    """A permutation that depends only on (seed, epoch), optionally skipping a prefix.
-
-    Skipping lets a run resumed from a mid-epoch checkpoint see exactly the remaining batches.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch, self.skip = size, seed, 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        self.epoch, self.skip = epoch, skip
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator)[self.skip :].tolist())
-
-    def __len__(self) -> int:
-        return self.size - self.skip
-
-
 class Trainer:
     """Trains an xCos model from a ``Config`` into ``run_dir``.
+
+    Under torchrun (``dist`` from ``xcos.engine.distributed.init_distributed``) the model is
+    wrapped in DistributedDataParallel, each process reads its share of every epoch, the loss
+    terms are averaged over the processes, validation is sharded, and only rank 0 writes logs
+    and checkpoints.
 
     Args:
         config: the validated run config.
         run_dir: output folder (checkpoints/, tensorboard/, log.txt, metrics.csv).
-        device: where to train.
-        resume: a ``last.pth`` to continue exactly from (``-r``).
+        device: where to train (this process's device).
+        resume: a ``last.pth`` to continue exactly from (``-r``); it may come from a run with
+            another number of processes.
         weights: weights to start from, loaded non-strictly (``-p``).
+        dist: this process's place in a distributed job (default: a single process).
     """
 
     def __init__(
@@ -65,10 +57,16 @@ class Trainer:
         device: torch.device,
         resume: str | Path | None = None,
         weights: str | Path | None = None,
+        dist: Distributed | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.device = config, Path(run_dir), device
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.dist = dist or Distributed()
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(config.seed, config.trainer.deterministic)
+        if device.type == "cuda" and not config.trainer.deterministic:
+            # input sizes never change during training: let cuDNN pick the fastest kernels
+            torch.backends.cudnn.benchmark = True
         self.autocast = autocast_factory(config.trainer.amp, device)
         for key, value in (
             ("data.train", config.data.train),
@@ -85,52 +83,85 @@ class Trainer:
         )
         self.model.to(memory_format=self.memory_format)
         if weights is not None:
-            missing, unexpected = load_weights(self.model, weights)
-            log.info(
-                "loaded weights %s: %d missing key(s) %s, %d unexpected key(s) %s",
-                weights,
-                len(missing),
-                missing[:10],
-                len(unexpected),
-                unexpected[:10],
-            )
+            self._load_weights(weights)
+        self._use_sync_batchnorm()
         self.validation_outputs: dict[str, dict[str, torch.Tensor]] = {}
-        if config.model.freeze_backbone and config.data.cache_features:
-            self.dataset = with_cached_features(
-                self.model, self.dataset, device, config.validation.batch_size
-            )
+        cache = config.model.freeze_backbone and config.data.cache_features
+        if cache:
+            with self.dist.main_first():  # rank 0 fills the disk cache, the others read it
+                self.dataset = with_cached_features(
+                    self.model, self.dataset, device, config.validation.batch_size
+                )
         self.losses = [LOSSES.build(c, f"losses.{i}") for i, c in enumerate(config.losses)]
         self.optimizers = build_optimizers(config.optimizers, self.model.parameter_groups())
         self.schedulers = build_schedulers(config.schedulers, self.optimizers)
         use_scaler = config.trainer.amp == "fp16"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        self.pair_sets = [
-            load_pair_set(spec, f"validation.pair_sets.{i}")
-            for i, spec in enumerate(config.validation.pair_sets)
-        ]
-        self._check_monitor()
-        if config.model.freeze_backbone and config.data.cache_features:
-            self.validation_outputs = {
-                p.name: cached_backbone_outputs(
-                    self.model,
-                    p.image_reader(self.model.input_size),
-                    len(p.images),
-                    p.content_key(),
-                    device,
-                    flip=config.validation.flip,
-                    batch_size=config.validation.batch_size,
-                )
-                for p in self.pair_sets
-            }
-        self.sampler = EpochSampler(len(self.dataset), config.seed)
-        self.epoch, self.step, self.batch_in_epoch = 0, 0, 0
+        with self.dist.main_first():  # LFW files are aligned into a cache on first use
+            self.pair_sets = [
+                load_pair_set(spec, f"validation.pair_sets.{i}")
+                for i, spec in enumerate(config.validation.pair_sets)
+            ]
+            self._check_monitor()
+            if cache:
+                self.validation_outputs = {p.name: self._cached_outputs(p) for p in self.pair_sets}
+        self.sampler = EpochSampler(
+            len(self.dataset), config.seed, self.dist.rank, self.dist.world_size
+        )
+        self.train_loader: DataLoader | None = None
+        self.epoch, self.step, self.batch_in_epoch, self.samples_in_epoch = 0, 0, 0, 0
         self.best: float | None = None
         self.threshold: float | None = None  # xCos threshold of the monitored validation set
         if resume is not None:
             self._restore(load_checkpoint(resume))
-        self.run_log = RunLog(self.run_dir, config.trainer, resume is not None)
+        self.net = self._wrap(self.model)  # what training steps call: DDP and/or compiled
+        self.run_log = RunLog(self.run_dir, config.trainer, resume is not None, self.dist.is_main)
 
     # ------------------------------------------------------------------ setup helpers
+
+    def _load_weights(self, weights: str | Path) -> None:
+        missing, unexpected = load_weights(self.model, weights)
+        log.info(
+            "loaded weights %s: %d missing key(s) %s, %d unexpected key(s) %s",
+            weights,
+            len(missing),
+            missing[:10],
+            len(unexpected),
+            unexpected[:10],
+        )
+
+    def _use_sync_batchnorm(self) -> None:
+        if not (self.cfg.trainer.sync_batchnorm and self.dist.enabled):
+            return
+        if self.device.type != "cuda":
+            raise ConfigError(
+                "trainer.sync_batchnorm: torch's SyncBatchNorm runs on CUDA only; set it to "
+                "false for a CPU (gloo) run"
+            )
+        self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        net: torch.nn.Module = model
+        if self.dist.enabled:
+            net = DistributedDataParallel(
+                model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.cfg.trainer.find_unused_parameters,
+            )
+        if self.cfg.trainer.compile:
+            net = torch.compile(net)
+        return net
+
+    def _cached_outputs(self, pair_set) -> dict[str, torch.Tensor]:
+        return cached_backbone_outputs(
+            self.model,
+            pair_set.image_reader(self.model.input_size),
+            len(pair_set.images),
+            pair_set.content_key(),
+            self.device,
+            flip=self.cfg.validation.flip,
+            batch_size=self.cfg.validation.batch_size,
+        )
 
     def _check_monitor(self) -> None:
         monitor = self.cfg.validation.monitor
@@ -141,20 +172,19 @@ class Trainer:
                 f"pair sets ({', '.join(names) or 'none'})"
             )
 
-    def _loader(self) -> DataLoader:
-        self.sampler.set_epoch(self.epoch, self.batch_in_epoch * self.cfg.data.batch_size)
-        workers = self.cfg.data.num_workers
-        return DataLoader(
-            self.dataset,
-            batch_size=self.cfg.data.batch_size,
-            sampler=self.sampler,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-            drop_last=True,
-            # Worker seeds come from this generator, not the global RNG, so creating a
-            # loader (also when resuming mid-epoch) never shifts the model's random stream.
-            generator=torch.Generator().manual_seed(self.cfg.seed + self.epoch),
-        )
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.data.batch_size * self.dist.world_size
+
+    def epoch_loader(self) -> DataLoader:
+        """The training DataLoader, made once (its workers can persist across epochs); the
+        sampler is told the epoch and how many samples a resumed epoch already saw."""
+        self.sampler.set_epoch(self.epoch, self.samples_in_epoch)
+        if self.train_loader is None:
+            self.train_loader = build_train_loader(
+                self.dataset, self.sampler, self.cfg.data, self.device, self.cfg.seed
+            )
+        return self.train_loader
 
     # ------------------------------------------------------------------ state
 
@@ -168,6 +198,8 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "batch_in_epoch": self.batch_in_epoch,
+            "samples_in_epoch": self.samples_in_epoch,  # over all processes
+            "world_size": self.dist.world_size,
             "best": self.best,
             "threshold": self.threshold,
             "config": self.cfg.raw,
@@ -183,12 +215,25 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         set_rng_states(state["rng"])
         self.epoch, self.step = state["epoch"], state["step"]
-        self.batch_in_epoch, self.best = state.get("batch_in_epoch", 0), state.get("best")
-        self.threshold = state.get("threshold")
+        self.best, self.threshold = state.get("best"), state.get("threshold")
+        saved_world = state.get("world_size", 1)
+        self.samples_in_epoch = state.get(
+            "samples_in_epoch", state.get("batch_in_epoch", 0) * self.cfg.data.batch_size
+        )
+        self.batch_in_epoch = self.samples_in_epoch // self.global_batch
         log.info("resumed at epoch %d, step %d", self.epoch + 1, self.step)
+        if saved_world != self.dist.world_size:
+            log.warning(
+                "the checkpoint was written by %d process(es), this run has %d: the global "
+                "batch is now %d pairs (learning rates are unchanged)",
+                saved_world,
+                self.dist.world_size,
+                self.global_batch,
+            )
 
     def _save(self, name: str) -> None:
-        save_checkpoint(self.state_dict(), self.run_dir / "checkpoints" / name)
+        if self.dist.is_main:  # the processes hold the same state: one writer
+            save_checkpoint(self.state_dict(), self.run_dir / "checkpoints" / name)
 
     # ------------------------------------------------------------------ loop
 
@@ -204,22 +249,26 @@ class Trainer:
         return metrics
 
     def train_epoch(self) -> dict[str, float]:
+        """Train one epoch (or up to ``trainer.max_steps_per_epoch`` steps of it); returns the
+        mean loss terms over the steps run (averaged over the processes)."""
         self.model.train()
         self.dataset.set_epoch(self.epoch)
-        loader = self._loader()
+        loader = self.epoch_loader()
         limit = self.cfg.trainer.max_steps_per_epoch
         total = self.batch_in_epoch + len(loader)  # the loader skips batches already done
         if limit is not None:
             total = min(total, limit)
         sums: dict[str, float] = {}
-        bar = self.run_log.progress(total - self.batch_in_epoch, f"epoch {self.epoch + 1}")
-        for batch in loader:
-            if self.batch_in_epoch >= total:
-                break
+        started = self.batch_in_epoch
+        remaining = max(total - self.batch_in_epoch, 0)
+        bar = self.run_log.progress(remaining, f"epoch {self.epoch + 1}")
+        # islice: a step limit stops the loader without fetching a batch it would drop
+        for batch in itertools.islice(loader, remaining) if remaining else ():
             terms = self.train_step(batch)
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value
             self.batch_in_epoch += 1
+            self.samples_in_epoch += self.global_batch
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.4f}")
             if self.step % self.cfg.trainer.log_every == 0:
@@ -228,19 +277,23 @@ class Trainer:
             if every and self.step % every == 0 and self.batch_in_epoch < total:
                 self._save("last.pth")
         bar.close()
-        done = max(self.batch_in_epoch, 1)
+        done = max(self.batch_in_epoch - started, 1)  # steps run now (a resumed epoch: fewer)
         return {key: value / done for key, value in sums.items()}
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         batch = {k: self._to_device(v) for k, v in batch.items()}
         with self.autocast():
-            outputs = self.model(batch)
+            outputs = self.net(batch)
         terms = {loss.name: loss(outputs, batch) for loss in self.losses}
         total = sum(terms.values())
-        if not torch.isfinite(total):
+        # One small all-reduce: logs show the job's loss, and every process sees the same
+        # non-finite value and stops together (a lone rank stopping would hang the others).
+        values = torch.stack([t.detach().float() for t in (total, *terms.values())])
+        shown = dict(zip(["loss", *terms], self.dist.mean(values).tolist(), strict=True))
+        if not all(math.isfinite(value) for value in shown.values()):
             raise NonFiniteLossError(
-                f"loss is {total.item()} at epoch {self.epoch + 1}, step {self.step + 1} "
-                f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); training "
+                f"loss is {shown['loss']} at epoch {self.epoch + 1}, step {self.step + 1} "
+                f"({', '.join(f'{k}={v:.4g}' for k, v in shown.items() if k != 'loss')}); training "
                 f"stopped before updating the weights. {self.run_dir / 'checkpoints' / 'last.pth'} "
                 "holds the last good state; lower the learning rate or enable trainer.grad_clip"
             )
@@ -257,7 +310,7 @@ class Trainer:
         self.step += 1
         for scheduler in self.schedulers.values():
             scheduler.step("step")
-        return {"loss": total.item()} | {k: v.item() for k, v in terms.items()}
+        return shown
 
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.device, non_blocking=True)
@@ -268,7 +321,7 @@ class Trainer:
 
     def end_epoch(self, losses: dict[str, float]) -> dict[str, Any]:
         self.epoch += 1
-        self.batch_in_epoch = 0
+        self.batch_in_epoch, self.samples_in_epoch = 0, 0
         for scheduler in self.schedulers.values():
             scheduler.step("epoch")
         row: dict[str, Any] = {"epoch": self.epoch, "step": self.step}
@@ -320,6 +373,7 @@ class Trainer:
                 metric_cfgs=self.cfg.validation.metrics,
                 autocast=self.autocast,
                 backbone_outputs=self.validation_outputs.get(pair_set.name),
+                dist=self.dist,
             )
             results[pair_set.name] = result.metrics
             summary = ", ".join(

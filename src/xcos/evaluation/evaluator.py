@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from xcos.data.images import to_tensor
 from xcos.data.pair_sets import PairSet
+from xcos.engine.distributed import Distributed
 from xcos.models.xcos_model import faces_to, select_faces
 from xcos.registry import METRICS
 
@@ -139,6 +140,74 @@ def compare_pairs(
     return {key: np.concatenate(value) for key, value in results.items()}
 
 
+def score_pair_set(
+    model: torch.nn.Module,
+    pair_set: PairSet,
+    device: torch.device,
+    batch_size: int = 64,
+    flip: bool = False,
+    autocast: Callable[[], AbstractContextManager] | None = None,
+    num_workers: int = 0,
+    backbone_outputs: dict[str, torch.Tensor] | None = None,
+) -> dict[str, np.ndarray]:
+    """``xcos`` and ``cos`` scores [N] of every pair of ``pair_set`` (model in eval mode)."""
+    if len(pair_set) == 0:
+        return {key: np.empty(0, dtype=np.float32) for key in SCORE_KEYS}
+    was_training = model.training
+    model.eval()
+    try:
+        if backbone_outputs is not None:
+            faces = describe_outputs(model, backbone_outputs, device, flip)
+        else:
+            faces = embed_images(model, pair_set, device, batch_size, flip, autocast, num_workers)
+        return compare_pairs(model, faces, pair_set.pairs, device)
+    finally:
+        model.train(was_training)
+
+
+def score_sharded(
+    dist: Distributed,
+    model: torch.nn.Module,
+    pair_set: PairSet,
+    device: torch.device,
+    backbone_outputs: dict[str, torch.Tensor] | None = None,
+    **settings: Any,
+) -> dict[str, np.ndarray]:
+    """``score_pair_set`` split over the processes of a distributed job: each scores a
+    contiguous block of pairs (embedding only the images those pairs use) and every process
+    gets all the scores back in the original order. Every rank first takes rank 0's buffers,
+    so all score the same model."""
+    if not dist.enabled:
+        return score_pair_set(
+            model, pair_set, device, backbone_outputs=backbone_outputs, **settings
+        )
+    dist.share_buffers(model)
+    block = np.array_split(np.arange(len(pair_set)), dist.world_size)[dist.rank]
+    part, used = pair_set.select(block)
+    if backbone_outputs is not None:
+        backbone_outputs = {key: value[used] for key, value in backbone_outputs.items()}
+    scores = score_pair_set(model, part, device, backbone_outputs=backbone_outputs, **settings)
+    return assemble_scores(dist.gather((block, scores)), len(pair_set))
+
+
+def assemble_scores(
+    parts: Sequence[tuple[np.ndarray, dict[str, np.ndarray]]], count: int
+) -> dict[str, np.ndarray]:
+    """Scores of ``count`` pairs from (pair indices, scores) blocks; every pair must come
+    exactly once, or the metric would silently count some pairs twice or not at all."""
+    indices = np.concatenate([np.asarray(block, dtype=np.int64) for block, _ in parts])
+    seen = np.bincount(indices, minlength=count) if len(indices) else np.zeros(count, int)
+    if len(seen) != count or not (seen == 1).all():
+        missing, repeated = np.flatnonzero(seen == 0), np.flatnonzero(seen > 1)
+        raise RuntimeError(
+            f"sharded scores cover {len(indices)} pair slots for {count} pairs: "
+            f"{len(missing)} missing (first {missing[:5].tolist()}), {len(repeated)} repeated "
+            f"(first {repeated[:5].tolist()}), {max(len(seen) - count, 0)} out of range"
+        )
+    order = np.argsort(indices)
+    return {key: np.concatenate([scores[key] for _, scores in parts])[order] for key in parts[0][1]}
+
+
 def evaluate_pair_set(
     model: torch.nn.Module,
     pair_set: PairSet,
@@ -149,22 +218,25 @@ def evaluate_pair_set(
     autocast: Callable[[], AbstractContextManager] | None = None,
     num_workers: int = 0,
     backbone_outputs: dict[str, torch.Tensor] | None = None,
+    dist: Distributed | None = None,
 ) -> PairSetResult:
     """Embed, compare and score one pair set with every metric for every score key.
 
     ``backbone_outputs``: a frozen backbone's cached outputs for the set's distinct images
-    (see ``xcos.engine.features``); then only the head runs.
+    (see ``xcos.engine.features``); then only the head runs. ``dist``: a distributed job
+    shares the pairs out and gathers the scores, so the metrics see every pair once.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        if backbone_outputs is not None:
-            faces = describe_outputs(model, backbone_outputs, device, flip)
-        else:
-            faces = embed_images(model, pair_set, device, batch_size, flip, autocast, num_workers)
-        scores = compare_pairs(model, faces, pair_set.pairs, device)
-    finally:
-        model.train(was_training)
+    scores = score_sharded(
+        dist or Distributed(),
+        model,
+        pair_set,
+        device,
+        backbone_outputs,
+        batch_size=batch_size,
+        flip=flip,
+        autocast=autocast,
+        num_workers=num_workers,
+    )
     metrics: dict[str, dict[str, Any]] = {}
     for key in SCORE_KEYS:
         metrics[key] = {}
