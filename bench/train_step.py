@@ -5,6 +5,7 @@ every variant alike), the median time of one forward+backward+update step of the
 config, for fp32, bf16 autocast, channels-last and both. Prints images/s and the ratio to fp32.
 
     python bench/train_step.py [--config configs/demo_synthetic.json] [--batch 16] [--rounds 5]
+        [--compile]   # also torch.compile'd variants
 """
 
 from __future__ import annotations
@@ -20,17 +21,22 @@ import torch.nn.functional as F
 from xcos.config import load_config
 from xcos.models.xcos_model import build_model
 
-VARIANTS = {
-    "fp32": (False, False),
-    "bf16": (True, False),
-    "channels_last": (False, True),
-    "bf16+channels_last": (True, True),
+VARIANTS = {  # name: (bf16 autocast, channels-last, torch.compile)
+    "fp32": (False, False, False),
+    "bf16": (True, False, False),
+    "channels_last": (False, True, False),
+    "bf16+channels_last": (True, True, False),
+}
+COMPILED = {
+    "fp32+compile": (False, False, True),
+    "bf16+channels_last+compile": (True, True, True),
 }
 
 
-def make_step(config, batch_pairs: int, bf16: bool, channels_last: bool):
+def make_step(config, batch_pairs: int, bf16: bool, channels_last: bool, compile: bool = False):
     torch.manual_seed(0)
     model = build_model(config.model, num_classes=160).train()
+    forward = torch.compile(model) if compile else model
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model.to(memory_format=fmt)
     size = model.input_size
@@ -48,7 +54,7 @@ def make_step(config, batch_pairs: int, bf16: bool, channels_last: bool):
     def step() -> float:
         start = time.perf_counter()
         with autocast():
-            out = model(batch)
+            out = forward(batch)
         loss = F.cross_entropy(out["logits"].float(), out["identity"])
         loss = loss + F.mse_loss(out["xcos"].float(), out["target_cos"].float())
         optimizer.zero_grad(set_to_none=True)
@@ -65,13 +71,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="pairs per step")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile'd variants (slow start)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
-    steps = {name: make_step(config, args.batch, *flags) for name, flags in VARIANTS.items()}
-    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    for step in steps.values():
-        step()  # warm-up
+    variants = VARIANTS | (COMPILED if args.compile else {})
+    steps = {name: make_step(config, args.batch, *flags) for name, flags in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for name, step in steps.items():
+        warm_up = step() + step()  # the first calls of a compiled variant compile it
+        if name in COMPILED:
+            print(f"{name}: compiled and warmed up in {warm_up:.1f} s")
     for _ in range(args.rounds):
         for name, step in steps.items():
             times[name].append(step())
@@ -81,10 +93,10 @@ def main() -> None:
         f"{config.model.backbone} batch {args.batch} pairs, {args.threads} threads, "
         f"median of {args.rounds} interleaved rounds"
     )
-    print(f"{'variant':<20} {'step s':>8} {'images/s':>9} {'speed-up vs fp32':>17}")
+    print(f"{'variant':<28} {'step s':>8} {'images/s':>9} {'speed-up vs fp32':>17}")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"{name:<20} {median:>8.3f} {images / median:>9.1f} {base / median:>16.2f}x")
+        print(f"{name:<28} {median:>8.3f} {images / median:>9.1f} {base / median:>16.2f}x")
 
 
 if __name__ == "__main__":

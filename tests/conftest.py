@@ -81,6 +81,7 @@ def tiny_overrides(synth_root: Path) -> dict:
         },
         "trainer": {
             "epochs": 1,
+            "compile": False,  # compiling costs ~30 s per model: one slow test covers it
             "max_steps_per_epoch": 3,
             "tensorboard": False,
             "progress_bar": False,

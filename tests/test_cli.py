@@ -12,6 +12,8 @@ from xcos.cli import main
 
 SHRINK = [
     "--set",
+    "trainer.compile=false",
+    "--set",
     'data.synthetic.identities={"train": 8, "val": 6, "test": 6}',
     "--set",
     "data.synthetic.images_per_identity=4",

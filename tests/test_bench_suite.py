@@ -1,0 +1,186 @@
+"""The CPU-safe parts of the speed benchmarks: gpu_check.py --smoke end to end, the FLOP count
+of IR-SE-50, the Trainer-vs-bare-loop and head-cost measurements at tiny sizes, the GPU peak
+table and the interleaving of rounds."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import DEMO_CONFIG, REPO
+
+BENCH = REPO / "bench"
+SECTION_TITLES = (
+    "device",
+    "FLOPs",
+    "training throughput",
+    "torch.compile",
+    "evaluation throughput",
+    "xCos head cost",
+    "Trainer vs bare loop",
+    "summary",
+)
+TINY_BACKBONE = {"type": "ir_se", "depth": 10, "width": 0.25, "embedding_dim": None}
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Imports a bench script the way running it does: with bench/ on sys.path (the scripts
+    import their siblings)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module
+
+
+def test_gpu_check_smoke_runs_every_section_on_cpu():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "gpu_check.py"), "--smoke"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    for title in SECTION_TITLES:
+        assert f"\n== {title} ==\n" in out, title
+    assert "!! section" not in out
+    assert out.rstrip().endswith("sections failed: none")
+    summary = out[out.index("== summary ==") :]
+    for variant in ("bf16", "bf16+channels_last"):
+        rates = re.findall(rf"^{re.escape(variant)} +([0-9.]+) ", summary, flags=re.MULTILINE)
+        assert len(rates) == 2 and all(float(rate) > 0 for rate in rates)  # training, evaluation
+    assert re.search(r"Trainer vs bare loop .*: [0-9.]+ vs [0-9.]+ images/s", summary)
+
+
+def test_flops_of_ir_se_50_at_112(bench):
+    gpu_check = bench("gpu_check")
+    config = gpu_check.check_config(gpu_check.Sizes(classes=100), self_target=True)
+    assert config.model.backbone["depth"] == 50 and config.model.backbone["width"] == 1.0
+    flops = gpu_check.count_flops(config, torch.device("cpu"), pairs=1)
+    # The convolutions of IR-50 at 112x112 come to 6.3 G multiply-adds per face (InsightFace's
+    # figure for its ResNet-50-IR); FlopCounterMode counts 2 FLOPs per multiply-add.
+    assert 12.0e9 < flops["embed"] < 13.2e9
+    # Head, attention and a 100-class identity head add well under 1% to the backbone.
+    assert flops["embed"] < flops["forward"] < 1.01 * flops["embed"]
+    # Backward: gradients for the inputs and for the weights, each about a forward's work.
+    assert 2.9 < flops["step"] / flops["forward"] < 3.05
+    assert flops["step"] == pytest.approx(flops["forward"] + flops["backward"])
+
+
+@pytest.mark.parametrize(
+    "name, peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA H100 NVL", 835.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("NVIDIA A100 80GB PCIe", 312.0),
+        ("NVIDIA L40S", 362.0),
+        ("NVIDIA L4", 121.0),
+        ("NVIDIA A10", 125.0),
+        ("NVIDIA GeForce RTX 4090", 165.0),
+        ("NVIDIA GeForce RTX 3090", 71.0),
+        ("NVIDIA A10G", None),
+        ("NVIDIA GeForce RTX 3090 Ti", None),
+        ("Tesla T4", None),
+        ("Some Future GPU", None),
+    ],
+)
+def test_peak_table_lookup(bench, name, peak):
+    assert bench("gpu_check").peak_bf16_tflops(name) == peak
+
+
+def test_trainer_overhead_compare_times_both_loops(bench):
+    trainer_overhead = bench("trainer_overhead")
+    from xcos.config import load_config
+
+    layer = {
+        "data": {
+            "train": {"type": trainer_overhead.DATASET_TYPE, "num_classes": 8},
+            "batch_size": 2,
+        },
+        "model": {"backbone": {**TINY_BACKBONE, "input_size": 64}},
+        "trainer": {"compile": False},
+    }
+    config = load_config(DEMO_CONFIG, [layer])
+    result = trainer_overhead.compare(config, torch.device("cpu"), steps=2, rounds=1)
+    assert set(result) == {
+        "batch_pairs", "steps", "rounds", "amp", "channels_last",
+        "trainer_images_per_s", "bare_images_per_s", "trainer_round_s", "bare_round_s",
+        "ratio", "overhead",
+    }  # fmt: skip
+    assert (result["batch_pairs"], result["steps"], result["rounds"]) == (2, 2, 1)
+    assert (result["amp"], result["channels_last"]) == ("bf16", True)  # the demo's settings
+    assert result["trainer_images_per_s"] > 0 and result["bare_images_per_s"] > 0
+    assert result["trainer_images_per_s"] == pytest.approx(4 * 2 / result["trainer_round_s"])
+    ratio = result["trainer_images_per_s"] / result["bare_images_per_s"]
+    assert result["ratio"] == pytest.approx(ratio)
+    assert result["overhead"] == pytest.approx(1 - ratio)
+
+
+def test_memory_pairs_look_like_the_training_pairs(bench):
+    pairs = bench("trainer_overhead").MemoryPairs(pairs=10, num_classes=3, pool=4, image_size=16)
+    assert len(pairs) == 10 and pairs.num_classes == 3
+    item = pairs[5]
+    assert set(item) == {"image_a", "image_b", "identity_a", "identity_b", "label"}
+    assert item["image_a"].shape == (3, 16, 16) and item["identity_a"].ndim == 0
+    assert item["label"] == int(item["identity_a"] == item["identity_b"])
+    pairs.set_epoch(2)
+    assert torch.equal(pairs[5]["image_b"], pairs[(2, 5)]["image_b"])  # the sampler's keys
+    # Partners change with the epoch, as in the real pair datasets.
+    assert any(
+        not torch.equal(pairs[(0, i)]["image_b"], pairs[(1, i)]["image_b"]) for i in range(10)
+    )
+
+
+def test_head_cost_measures_both_parts(bench):
+    head_cost = bench("head_cost")
+    model = head_cost.head_model({**TINY_BACKBONE, "input_size": 64})
+    result = head_cost.measure_head_cost(model, 2, torch.device("cpu"), rounds=1)
+    assert set(result) == {"batch_pairs", "images", "backbone_s", "head_s", "share"}
+    assert (result["batch_pairs"], result["images"]) == (2, 4)
+    assert result["backbone_s"] > 0 and result["head_s"] > 0
+    assert result["share"] == pytest.approx(result["head_s"] / result["backbone_s"])
+
+
+def test_head_step_backward_reaches_its_input_and_every_head_parameter(bench):
+    head_cost = bench("head_cost")
+    model = head_cost.head_model({**TINY_BACKBONE, "input_size": 64}).train()
+    features = torch.randn(4, model.backbone.out_channels, 4, 4, requires_grad=True)
+    head_cost.head_step(model, features, head_cost.autocast_for("none", torch.device("cpu")))
+    assert features.grad is not None and features.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.head.parameters())
+    assert all(p.grad is None for p in model.backbone.parameters())
+
+
+def test_interleave_alternates_after_warmup(bench):
+    timing = bench("timing")
+    calls: list[str] = []
+    times = timing.interleave(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        torch.device("cpu"),
+        rounds=2,
+        warmup=1,
+    )
+    assert calls == ["a", "b"] * 3
+    assert {name: len(values) for name, values in times.items()} == {"a": 2, "b": 2}
+
+
+def test_a_failing_section_is_reported_and_the_next_one_runs(bench, capsys):
+    sections = bench("gpu_check").Sections()
+    with sections.run("broken"):
+        raise RuntimeError("no compiler")
+    with sections.run("fine"):
+        print("still running")
+    out = capsys.readouterr().out
+    assert sections.failed == ["broken"]
+    assert "== broken ==" in out and "no compiler" in out and "still running" in out
