@@ -96,10 +96,14 @@ def measure(args: argparse.Namespace, config: Config, folder: Path, shards: Path
     for stream in streams.values():
         loader_round(stream, 2, 0)  # warm-up: start the workers, fill the page cache
     rates: dict[str, list[float]] = {name: [] for name in [*streams, "training step"]}
-    for _ in range(args.rounds):
-        for name, stream in streams.items():
-            rates[name].append(loader_round(stream, args.batches, ready))
-        rates["training step"].append(training_round(step, args.train_steps, batch))
+    names = list(rates)
+    for round_number in range(args.rounds):
+        # reversed order in odd rounds: no path always runs first or after the same one
+        for name in names if round_number % 2 == 0 else names[::-1]:
+            if name == "training step":
+                rates[name].append(training_round(step, args.train_steps, batch))
+            else:
+                rates[name].append(loader_round(streams[name], args.batches, ready))
     return {name: statistics.median(values) for name, values in rates.items()}
 
 

@@ -35,7 +35,8 @@ def interleave(
     rounds: int,
     warmup: int = 1,
 ) -> dict[str, list[float]]:
-    """Seconds of each work per round, the works run in turn every round.
+    """Seconds of each work per round, the works run in turn every round (reversed order in
+    odd rounds).
 
     ``warmup`` untimed rounds come first: the first calls pay for allocator growth, cuDNN
     algorithm choice and (with ``torch.compile``) compilation.
@@ -44,9 +45,13 @@ def interleave(
         for work in works.values():
             timed(work, device)
     times: dict[str, list[float]] = {name: [] for name in works}
-    for _ in range(rounds):
-        for name, work in works.items():
-            times[name].append(timed(work, device))
+    names = list(works)
+    for round_number in range(rounds):
+        # A, B in even rounds, B, A in odd ones: a work never always runs first (or right
+        # after the same neighbour), so order effects such as caches or allocator state
+        # left by the previous work do not favour one of them
+        for name in names if round_number % 2 == 0 else names[::-1]:
+            times[name].append(timed(works[name], device))
     return times
 
 

@@ -84,9 +84,11 @@ def main() -> None:
         warm_up = step() + step()  # the first calls of a compiled variant compile it
         if name in COMPILED:
             print(f"{name}: compiled and warmed up in {warm_up:.1f} s")
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            times[name].append(step())
+    names = list(steps)
+    for round_number in range(args.rounds):
+        # reversed order in odd rounds: no variant always runs first or after the same one
+        for name in names if round_number % 2 == 0 else names[::-1]:
+            times[name].append(steps[name]())
     images = 2 * args.batch
     base = statistics.median(times["fp32"])
     print(

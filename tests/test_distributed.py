@@ -19,6 +19,7 @@ from tests.conftest import DEMO_CONFIG, REPO, tiny_overrides
 from xcos.config import load_config
 from xcos.data.pair_sets import load_pair_set
 from xcos.engine.distributed import Distributed, init_distributed, shutdown_distributed
+from xcos.engine.features import compute_backbone_outputs
 from xcos.engine.loading import EpochSampler
 from xcos.engine.trainer import Trainer
 from xcos.evaluation.evaluator import assemble_scores, evaluate_pair_set, score_pair_set
@@ -127,10 +128,18 @@ def _sharded_scores_worker(rank: int, port: int, synth: str, out: str) -> None:
         trainer_model = trainer.model
         pair_set = load_pair_set(str(Path(synth) / "synth_val.csv"))
         result = evaluate_pair_set(trainer_model, pair_set, CPU, dist=dist)
+        # the frozen-backbone path: cached backbone outputs, sliced to each rank's images
+        outputs = compute_backbone_outputs(
+            trainer_model, pair_set.image_reader(64), len(pair_set.images), CPU, flip=False
+        )
+        cached = evaluate_pair_set(
+            trainer_model, pair_set, CPU, backbone_outputs=outputs, dist=dist
+        )
         if dist.is_main:
             torch.save(
                 {
                     "scores": {k: torch.from_numpy(v) for k, v in result.scores.items()},
+                    "cached": {k: torch.from_numpy(v) for k, v in cached.scores.items()},
                     "accuracy": result.metrics["xcos"]["accuracy"],
                     "model": trainer_model.state_dict(),
                 },
@@ -151,6 +160,8 @@ def test_sharded_validation_scores_every_pair_once(tiny_synth, tmp_path):
     assert len(sharded["scores"]["xcos"]) == len(pair_set) == 40
     for key in ("xcos", "cos"):
         np.testing.assert_allclose(sharded["scores"][key].numpy(), single[key], atol=1e-5)
+        # cached outputs are stored in float16: close, not equal
+        np.testing.assert_allclose(sharded["cached"][key].numpy(), single[key], atol=2e-3)
     expected = evaluate_pair_set(model, pair_set, CPU).metrics["xcos"]["accuracy"]
     assert sharded["accuracy"] == expected
 
