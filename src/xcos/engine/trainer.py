@@ -22,7 +22,7 @@ from xcos.engine.optim import build_optimizers, build_schedulers
 from xcos.engine.run_log import RunLog
 from xcos.engine.runtime import autocast_factory, rng_states, seed_everything, set_rng_states
 from xcos.evaluation.evaluator import evaluate_pair_set
-from xcos.models.xcos_model import build_model
+from xcos.models.xcos_model import XCosModel, build_model
 from xcos.registry import DATASETS, LOSSES
 
 log = logging.getLogger(__name__)
@@ -68,24 +68,12 @@ class Trainer:
             # input sizes never change during training: let cuDNN pick the fastest kernels
             torch.backends.cudnn.benchmark = True
         self.autocast = autocast_factory(config.trainer.amp, device)
-        for key, value in (
-            ("data.train", config.data.train),
-            ("losses", config.losses),
-            ("optimizers", config.optimizers),
-        ):
-            if not value:
-                raise ConfigError(f"{key}: required for training")
+        self._require_training_sections()
         self.dataset = DATASETS.build(config.data.train, "data.train")
-        num_classes = getattr(self.dataset, "num_classes", None)
-        self.model = build_model(config.model, num_classes).to(device)
         self.memory_format = (
             torch.channels_last if config.trainer.channels_last else torch.contiguous_format
         )
-        self.model.to(memory_format=self.memory_format)
-        if weights is not None:
-            self._load_weights(weights)
-        self._use_sync_batchnorm()
-        self.validation_outputs: dict[str, dict[str, torch.Tensor]] = {}
+        self.model = self._build_model(getattr(self.dataset, "num_classes", None), weights)
         cache = config.model.freeze_backbone and config.data.cache_features
         if cache:
             with self.dist.main_first():  # rank 0 fills the disk cache, the others read it
@@ -98,13 +86,7 @@ class Trainer:
         use_scaler = config.trainer.amp == "fp16"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         with self.dist.main_first():  # LFW files are aligned into a cache on first use
-            self.pair_sets = [
-                load_pair_set(spec, f"validation.pair_sets.{i}")
-                for i, spec in enumerate(config.validation.pair_sets)
-            ]
-            self._check_monitor()
-            if cache:
-                self.validation_outputs = {p.name: self._cached_outputs(p) for p in self.pair_sets}
+            self._load_validation(cache)
         self.sampler = EpochSampler(
             len(self.dataset), config.seed, self.dist.rank, self.dist.world_size
         )
@@ -119,26 +101,47 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup helpers
 
-    def _load_weights(self, weights: str | Path) -> None:
-        missing, unexpected = load_weights(self.model, weights)
-        log.info(
-            "loaded weights %s: %d missing key(s) %s, %d unexpected key(s) %s",
-            weights,
-            len(missing),
-            missing[:10],
-            len(unexpected),
-            unexpected[:10],
-        )
+    def _require_training_sections(self) -> None:
+        for key, value in (
+            ("data.train", self.cfg.data.train),
+            ("losses", self.cfg.losses),
+            ("optimizers", self.cfg.optimizers),
+        ):
+            if not value:
+                raise ConfigError(f"{key}: required for training")
 
-    def _use_sync_batchnorm(self) -> None:
-        if not (self.cfg.trainer.sync_batchnorm and self.dist.enabled):
-            return
-        if self.device.type != "cuda":
-            raise ConfigError(
-                "trainer.sync_batchnorm: torch's SyncBatchNorm runs on CUDA only; set it to "
-                "false for a CPU (gloo) run"
+    def _build_model(self, num_classes: int | None, weights: str | Path | None) -> XCosModel:
+        model = build_model(self.cfg.model, num_classes).to(self.device)
+        model.to(memory_format=self.memory_format)
+        if weights is not None:
+            missing, unexpected = load_weights(model, weights)
+            log.info(
+                "loaded weights %s: %d missing key(s) %s, %d unexpected key(s) %s",
+                weights,
+                len(missing),
+                missing[:10],
+                len(unexpected),
+                unexpected[:10],
             )
-        self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        if self.cfg.trainer.sync_batchnorm and self.dist.enabled:
+            if self.device.type != "cuda":
+                raise ConfigError(
+                    "trainer.sync_batchnorm: torch's SyncBatchNorm runs on CUDA only; set it "
+                    "to false for a CPU (gloo) run"
+                )
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    def _load_validation(self, cached: bool) -> None:
+        """The validation pair sets (and, with a frozen backbone, its cached outputs)."""
+        self.pair_sets = [
+            load_pair_set(spec, f"validation.pair_sets.{i}")
+            for i, spec in enumerate(self.cfg.validation.pair_sets)
+        ]
+        self._check_monitor()
+        self.validation_outputs: dict[str, dict[str, torch.Tensor]] = {}
+        if cached:
+            self.validation_outputs = {p.name: self._cached_outputs(p) for p in self.pair_sets}
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         net: torch.nn.Module = model
