@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,18 +106,38 @@ def test_persistent_workers_see_each_epoch(tiny_config, tmp_path):
 # ----------------------------------------------------------------------------- spawned gloo jobs
 
 
-def _join(rank: int, world_size: int, port: int) -> Distributed:
+def _join(rank: int, world_size: int, port: int, processes_per_node: int = 0) -> Distributed:
+    """Join a gloo group the way torchrun's environment describes it (one node by default)."""
+    local_rank = rank % processes_per_node if processes_per_node else rank
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
         RANK=str(rank),
-        LOCAL_RANK=str(rank),
+        LOCAL_RANK=str(local_rank),
         WORLD_SIZE=str(world_size),
     )
     torch.set_num_threads(1)
     dist, device = init_distributed("cpu")
     assert device == CPU and dist.rank == rank and dist.world_size == world_size
     return dist
+
+
+def _turns_worker(rank: int, port: int, log: str) -> None:
+    dist = _join(rank, 4, port, processes_per_node=2)  # two "nodes" of two processes
+    try:
+        with dist.main_first():
+            time.sleep(0.3 if dist.is_main or dist.local_rank == 0 else 0.0)
+            with open(log, "a") as handle:
+                handle.write(f"{rank}\n")
+    finally:
+        shutdown_distributed()
+
+
+def test_main_first_runs_rank_0_then_each_nodes_first_process_then_the_rest(tmp_path):
+    log = tmp_path / "turns.txt"
+    mp.spawn(_turns_worker, args=(free_port(), str(log)), nprocs=4)
+    order = [int(line) for line in log.read_text().split()]
+    assert order[0] == 0 and order[1] == 2 and sorted(order[2:]) == [1, 3]
 
 
 def _sharded_scores_worker(rank: int, port: int, synth: str, out: str) -> None:

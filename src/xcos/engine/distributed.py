@@ -48,14 +48,18 @@ class Distributed:
 
     @contextmanager
     def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (filling caches, generating data), the others after it.
+        """Rank 0 runs the block first (filling caches, generating data), then the first
+        process of every other node, then all the others.
 
-        The other ranks then find the files rank 0 wrote instead of racing to write them.
+        With a file system shared by the nodes, everyone after rank 0 finds its files; with
+        node-local disks, each node's first process writes that node's copy alone. Either way
+        no two processes race to write the same file.
         """
-        if not self.is_main:
+        turn = 0 if self.is_main else 1 if self.local_rank == 0 else 2
+        for _ in range(turn):
             self.barrier()
         yield
-        if self.is_main:
+        for _ in range(turn, 2):
             self.barrier()
 
     def gather(self, value: Any) -> list[Any]:
