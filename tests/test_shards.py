@@ -230,3 +230,18 @@ def test_training_on_shards_writes_a_checkpoint(tiny_config, packed, tmp_path):
     config = tiny_config({"data": {"train": train}, "trainer": {"max_steps_per_epoch": 2}})
     Trainer(config, tmp_path / "run", torch.device("cpu")).fit()
     assert (tmp_path / "run/checkpoints/last.pth").is_file()
+
+
+def test_frozen_backbone_on_shards_caches_its_outputs(tiny_config, packed, tmp_path, monkeypatch):
+    """A frozen recognizer's outputs are cached per shards folder (the face-store interface)."""
+    from tests.test_plugin import PLUGIN
+
+    monkeypatch.setenv("XCOS_CACHE", str(tmp_path / "cache"))
+    train = {"type": "shard_pairs", "root": str(packed), "seed": 0, "flip": True}
+    layer = {**PLUGIN, "data": {"train": train}, "trainer": {"max_steps_per_epoch": 2}}
+    Trainer(tiny_config(layer), tmp_path / "run", torch.device("cpu")).fit()
+    cached = list((tmp_path / "cache" / "features").glob("*.pt"))
+    assert len(cached) == 1  # the training faces' outputs, keyed by the shards' manifest
+    again = Trainer(tiny_config(layer), tmp_path / "again", torch.device("cpu"))
+    assert list((tmp_path / "cache" / "features").glob("*.pt")) == cached  # reused
+    assert len(again.dataset) == len(ShardStore(packed))

@@ -18,6 +18,7 @@ training touches, and the OS page cache is shared by all DataLoader workers.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import logging
 import os
@@ -345,6 +346,17 @@ class ShardStore:
         shard = bisect.bisect_right(self.offsets, index) - 1
         return self._shard(shard)[index - self.offsets[shard]]
 
+    def face(self, index: int) -> np.ndarray:
+        """Image ``index`` as RGB uint8 [S, S, 3] (the face-store interface of
+        ``xcos.engine.features``, which caches a frozen backbone's outputs per store)."""
+        return np.ascontiguousarray(self[index].transpose(1, 2, 0))
+
+    @property
+    def cache_key(self) -> str:
+        """Identifies these shards for caches: a digest of the manifest, which names every
+        shard with its size and the time the shards were written (any rewrite changes it)."""
+        return hashlib.sha256((self.folder / MANIFEST).read_bytes()).hexdigest()
+
     def _shard(self, number: int) -> np.ndarray:
         mapped = self._maps[number]
         if mapped is None:
@@ -507,7 +519,7 @@ class ShardPairs(IdentityPairs):
         self.image_size = self.store.image_size
 
     def face(self, index: int) -> np.ndarray:
-        return np.ascontiguousarray(self.store[index].transpose(1, 2, 0))
+        return self.store.face(index)
 
     def load(self, index: int, flip: bool) -> torch.Tensor:
         """Image ``index`` as float [3, S, S], normalised like ``images.to_tensor``.
