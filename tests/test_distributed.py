@@ -103,6 +103,21 @@ def test_persistent_workers_see_each_epoch(tiny_config, tmp_path):
     assert not torch.equal(first["image_b"], second["image_b"])
 
 
+def test_importing_never_joins_a_process_group():
+    """The group is joined by the command, from torchrun's variables, not at import."""
+    code = (
+        "import torch.distributed as d, xcos.cli, xcos.engine.trainer, xcos.engine.distributed;"
+        "print(d.is_initialized())"
+    )
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    env |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
+
+
 # ----------------------------------------------------------------------------- spawned gloo jobs
 
 
@@ -254,6 +269,8 @@ def test_torchrun_two_processes_then_resume_in_one(tiny_synth, tmp_path):
         "trainer.epochs=2",
         "--set",
         "trainer.amp=none",  # fp32: the check below recomputes the scores exactly
+        "--set",
+        "trainer.tensorboard=true",
         "--out",
         str(run),
         "--device",
@@ -263,6 +280,8 @@ def test_torchrun_two_processes_then_resume_in_one(tiny_synth, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert checkpoints == ["best.pth", "last.pth"]  # one writer, no temporary leftovers
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert sorted(p.name for p in run.glob("*.txt")) == ["log.txt"]
     state = torch.load(run / "checkpoints" / "last.pth", weights_only=True)
     assert state["world_size"] == 2 and state["epoch"] == 2
     assert state["step"] == 6  # 3 steps per epoch (max_steps_per_epoch) on each process
