@@ -22,7 +22,8 @@ from xcos.config import load_config
 from xcos.data.lfw import read_lfw
 from xcos.data.lfw_people import LFWFaceStore
 from xcos.engine.features import cached_backbone_outputs
-from xcos.evaluation.lfw_protocol import fold_accuracy, score_pairs, train_head
+from xcos.evaluation.lfw_protocol import score_pairs, train_head
+from xcos.evaluation.verification import held_out_accuracy
 from xcos.models.xcos_model import build_model
 
 
@@ -48,8 +49,8 @@ def main() -> None:
             head = train_head(config, people, {}, Path(scratch) / f"fold{fold}", cpu)
             scores = score_pairs(head, outputs, pairs, cpu, flip=False)
             test = view2.folds == fold - 1
-            xcos, _ = fold_accuracy(scores["xcos"], view2.labels, test)
-            cos, _ = fold_accuracy(scores["cos"], view2.labels, test)
+            xcos, _ = held_out_accuracy(scores["xcos"], view2.labels, test)
+            cos, _ = held_out_accuracy(scores["cos"], view2.labels, test)
             mse = float(np.mean((scores["xcos"] - scores["cos"]) ** 2))
             print(f"fold {fold}: xCos {xcos * 100:.2f}%, cos {cos * 100:.2f}%, MSE {mse:.2e}")
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from xcos.config import ConfigError
 from xcos.engine.features import (
     CachedFeaturePairs,
     cached_backbone_outputs,
     with_cached_features,
 )
 from xcos.engine.trainer import Trainer
-from xcos.evaluation.lfw_protocol import fold_accuracy
+from xcos.evaluation.verification import held_out_accuracy
 from xcos.models.xcos_model import build_model, split_faces
 
 CPU = torch.device("cpu")
@@ -135,7 +136,7 @@ def test_fold_accuracy_chooses_the_threshold_on_the_other_folds():
     scores = np.array([0.9, 0.1, 0.8, 0.2, 0.4, 0.6])
     labels = np.array([1, 0, 1, 0, 1, 0])
     test = np.array([False, False, False, False, True, True])
-    accuracy, threshold = fold_accuracy(scores, labels, test)
+    accuracy, threshold = held_out_accuracy(scores, labels, test)
     assert 0.2 <= threshold < 0.8
     # with the threshold from the training folds, the inverted test pairs are both wrong
     expected = float(((scores[test] > threshold) == (labels[test] == 1)).mean())
@@ -189,3 +190,28 @@ def test_a_trainable_copy_of_dlib_learns_against_the_frozen_original():
     after = model(batch)
     assert torch.equal(after["target_cos"], out["target_cos"])  # the original stays frozen
     assert not torch.allclose(after["cos"], out["cos"])
+
+
+def test_resume_caches_the_outputs_of_the_restored_backbone(plugin_config, tmp_path):
+    """A run started from -p weights resumes (-r alone) on that backbone's cached outputs."""
+    torch.manual_seed(7)
+    other = build_model(plugin_config.model)  # a backbone unlike the config's default init
+    torch.save(other.state_dict(), tmp_path / "recognizer.pth")
+    first = Trainer(plugin_config, tmp_path / "run", CPU, weights=tmp_path / "recognizer.pth")
+    first.fit()
+    resumed = Trainer(
+        plugin_config, tmp_path / "run", CPU, resume=first.run_dir / "checkpoints/last.pth"
+    )
+    for key, value in first.dataset.outputs.items():
+        assert torch.equal(resumed.dataset.outputs[key], value), key
+
+
+def test_cached_features_with_a_target_that_reads_images_is_refused(tiny_config, tmp_path):
+    layer = {
+        "model": {
+            "freeze_backbone": True,
+            "target": {"type": "pretrained", "backbone": {"type": "ir", "depth": 10}},
+        }
+    }
+    with pytest.raises(ConfigError, match=r"data\.cache_features"):
+        Trainer(tiny_config(layer), tmp_path / "run", CPU)

@@ -8,6 +8,7 @@ from xcos.evaluation.verification import (
     VerificationAccuracy,
     best_threshold,
     contiguous_folds,
+    held_out_accuracy,
     kfold_accuracy,
 )
 
@@ -90,3 +91,15 @@ def test_bad_inputs():
         kfold_accuracy(np.zeros(10), np.zeros(10), np.zeros(10))
     with pytest.raises(ValueError, match="cannot be split"):
         contiguous_folds(5, 10)
+
+
+def test_held_out_scores_are_compared_in_float64():
+    """float32 scores either side of a midpoint threshold land on the right side of it."""
+    low = np.float32(0.1)
+    high = np.nextafter(low, np.float32(1))
+    scores = np.array([low, high, low, high], dtype=np.float32)
+    labels = np.array([0, 1, 0, 1])
+    held_out = np.array([False, False, True, True])
+    accuracy, threshold = held_out_accuracy(scores, labels, held_out)
+    assert float(low) < threshold < float(high)
+    assert accuracy == 1.0

@@ -126,3 +126,13 @@ def test_overlay_layout_blends_both_maps_over_both_faces(checkpoint, tiny_synth,
     out = tmp_path / "cli.png"
     assert main([*args, "--threshold", "0.3", "--layout", "overlay", "--out", str(out)]) == 0
     assert Image.open(out).size[1] > 400
+
+
+def test_a_checkpoint_missing_weights_is_reported(checkpoint, tmp_path, caplog):
+    state = torch.load(checkpoint, weights_only=True)
+    dropped = next(key for key in state["model"] if key.startswith("head.attention"))
+    del state["model"][dropped]
+    torch.save(state, tmp_path / "partial.pth")
+    with caplog.at_level("WARNING", logger="xcos.explain.verifier"):
+        Verifier.from_checkpoint(tmp_path / "partial.pth", device="cpu")
+    assert f"1 parameter(s) not in the checkpoint: ['{dropped}']" in caplog.text

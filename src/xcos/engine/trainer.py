@@ -74,7 +74,16 @@ class Trainer:
             torch.channels_last if config.trainer.channels_last else torch.contiguous_format
         )
         self.model = self._build_model(getattr(self.dataset, "num_classes", None), weights)
+        state = load_checkpoint(resume) if resume is not None else None
+        if state is not None:  # before any cache is built from the backbone's outputs
+            self.model.load_state_dict(state["model"])
         cache = config.model.freeze_backbone and config.data.cache_features
+        if cache and getattr(self.model.target, "needs_images", False):
+            raise ConfigError(
+                "data.cache_features: batches of cached backbone outputs hold no images, but "
+                f"model.target {config.model.target.get('type')!r} reads them; set "
+                "data.cache_features to false (or use the 'self' target)"
+            )
         if cache:
             with self.dist.main_first():  # rank 0 fills the disk cache, the others read it
                 self.dataset = with_cached_features(
@@ -94,8 +103,8 @@ class Trainer:
         self.epoch, self.step, self.batch_in_epoch, self.samples_in_epoch = 0, 0, 0, 0
         self.best: float | None = None
         self.threshold: float | None = None  # xCos threshold of the monitored validation set
-        if resume is not None:
-            self._restore(load_checkpoint(resume))
+        if state is not None:
+            self._restore(state)
         self.net = self._wrap(self.model)  # what training steps call: DDP and/or compiled
         self.run_log = RunLog(self.run_dir, config.trainer, resume is not None, self.dist.is_main)
 
@@ -209,7 +218,7 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        """Everything but the model's weights, which the constructor loaded first."""
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         for name, scheduler in self.schedulers.items():

@@ -30,7 +30,7 @@ from xcos.data.lfw_people import LFWFaceStore
 from xcos.engine.features import cached_backbone_outputs
 from xcos.engine.trainer import Trainer
 from xcos.evaluation.evaluator import compare_pairs, describe_outputs
-from xcos.evaluation.verification import best_threshold, kfold_accuracy
+from xcos.evaluation.verification import held_out_accuracy, kfold_accuracy
 from xcos.models.xcos_model import XCosModel, build_model
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,11 @@ def run_lfw_protocol(
         raise ConfigError(
             "model.freeze_backbone: the LFW protocol trains heads on a frozen recognizer's "
             "cached features; set it to true"
+        )
+    if config.model.cos != "embedding":
+        raise ConfigError(
+            "model.cos: the LFW protocol reports the frozen recognizer's own cosine next to "
+            "the heads; set it to 'embedding' (with 'grid' the cos score depends on each head)"
         )
     train = config.data.train or {}
     if train.get("type") != "lfw_people_pairs":
@@ -100,12 +105,12 @@ def view2_results(
             train_data = {"people": str(lfw / "people.txt"), "sets": None, "exclude_sets": [fold]}
             model = train_head(config, train_data, head, run_dir / f"fold{fold:02d}" / name, device)
             scores = score_pairs(model, outputs, pairs, device, config.test.flip)
-            accuracy, threshold = fold_accuracy(scores["xcos"], labels, test)
+            accuracy, threshold = held_out_accuracy(scores["xcos"], labels, test)
             per_fold[name].append(accuracy)
             thresholds[name].append(threshold)
             log.info("LFW fold %d %s: %.2f%%", fold, name, accuracy * 100)
             cos_scores = scores["cos"]  # the frozen recognizer's: the same for every head
-        accuracy, threshold = fold_accuracy(cos_scores, labels, test)
+        accuracy, threshold = held_out_accuracy(cos_scores, labels, test)
         per_fold["cos"].append(accuracy)
         thresholds["cos"].append(threshold)
     summary = {
@@ -177,13 +182,6 @@ def score_pairs(
     model.eval()
     faces = describe_outputs(model, subset, device, flip)
     return compare_pairs(model, faces, np.searchsorted(used, pairs), device)
-
-
-def fold_accuracy(scores: np.ndarray, labels: np.ndarray, test: np.ndarray) -> tuple[float, float]:
-    """(accuracy on the ``test`` pairs, threshold chosen on the others)."""
-    threshold, _ = best_threshold(scores[~test], labels[~test])
-    accuracy = float(((scores[test] > threshold) == (labels[test] == 1)).mean())
-    return accuracy, float(threshold)
 
 
 def format_results(results: dict[str, Any]) -> str:

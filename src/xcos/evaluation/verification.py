@@ -62,6 +62,21 @@ class FoldResult:
         }
 
 
+def held_out_accuracy(
+    scores: np.ndarray, labels: np.ndarray, held_out: np.ndarray
+) -> tuple[float, float]:
+    """(accuracy on the ``held_out`` pairs, threshold chosen on all the others).
+
+    Scores are compared in float64, like the threshold: a float32 score next to a midpoint
+    threshold would otherwise be compared with the threshold rounded to float32.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    threshold, _ = best_threshold(scores[~held_out], labels[~held_out])
+    predicted = scores[held_out] > threshold
+    return float((predicted == labels[held_out]).mean()), threshold
+
+
 def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> FoldResult:
     """Mean/std accuracy over folds, each fold's threshold chosen on the other folds.
 
@@ -79,10 +94,8 @@ def kfold_accuracy(scores: np.ndarray, labels: np.ndarray, folds: np.ndarray) ->
         raise ValueError("k-fold accuracy needs at least 2 folds")
     accuracies, thresholds = [], []
     for fold in fold_ids:
-        held_out = folds == fold
-        threshold, _ = best_threshold(scores[~held_out], labels[~held_out])
-        predicted = scores[held_out] > threshold
-        accuracies.append(float((predicted == labels[held_out]).mean()))
+        accuracy, threshold = held_out_accuracy(scores, labels, folds == fold)
+        accuracies.append(accuracy)
         thresholds.append(threshold)
     return FoldResult(
         accuracy=float(np.mean(accuracies)),

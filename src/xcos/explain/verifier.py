@@ -10,6 +10,7 @@ r.figure().savefig("pair.png")
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import XCosModel, build_model, inference_config, select_faces
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,7 +130,11 @@ class Verifier:
                 "model; use a checkpoint written by `xcos train` (checkpoints/best.pth)"
             )
         model = build_model(inference_config(from_dict(ModelConfig, config["model"], "model")))
-        load_weights(model, path, weights)
+        missing, _ = load_weights(model, path, weights)
+        if missing:  # those parts would keep their random initial weights
+            log.warning(
+                "-p %s: %d parameter(s) not in the checkpoint: %s", path, len(missing), missing[:10]
+            )
         if threshold is None and metrics is not None:
             threshold = threshold_from_metrics(metrics)
         if threshold is None:

@@ -40,6 +40,8 @@ class PretrainedTarget(nn.Module):
         backbone: backbone config of the recognizer (must produce an ``embedding``).
     """
 
+    needs_images = True  # it runs its own network on the batch's faces
+
     def __init__(self, checkpoint: str | None = None, *, backbone: dict[str, Any]) -> None:
         super().__init__()
         self.network = BACKBONES.build(backbone, "model.target.backbone")
