@@ -18,20 +18,18 @@ Default: IR-SE-50 at 112x112 with the head of configs/xcos_train_config.json; ta
 from __future__ import annotations
 
 import argparse
-import contextlib
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
 from timing import interleave, median
 
 from xcos.config import load_config
+from xcos.engine.runtime import autocast_factory as autocast_for
 from xcos.models.xcos_model import XCosModel, build_model, split_faces
 
 HEAD_CONFIG = "configs/xcos_train_config.json"
 IR_SE_50 = {"type": "ir_se", "depth": 50, "width": 1.0, "embedding_dim": None, "input_size": 112}
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def head_model(backbone: dict[str, Any] | None = None, config: str = HEAD_CONFIG) -> XCosModel:
@@ -46,13 +44,6 @@ def head_model(backbone: dict[str, Any] | None = None, config: str = HEAD_CONFIG
         }
     }
     return build_model(load_config(config, [layer]).model)
-
-
-def autocast_for(amp: str, device: torch.device) -> Callable[[], AbstractContextManager]:
-    """The autocast context for ``amp`` in none | bf16 | fp16."""
-    if amp == "none":
-        return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
 def head_step(model: XCosModel, features: torch.Tensor, autocast: Callable) -> None:

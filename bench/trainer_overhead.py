@@ -225,13 +225,11 @@ def bare_round(
 
 def trainer_round(trainer: Trainer) -> int:
     """One ``train_epoch()`` from the start of the epoch; returns the steps done."""
-    # The Trainer counts the steps and samples done in the epoch so that a resumed run skips
-    # them; after one round it would think the epoch finished. end_epoch() would reset them but
-    # also write two checkpoints per round, so the counters are reset here instead (and
-    # expect_steps catches a Trainer that counts some other way).
-    for counter in ("batch_in_epoch", "samples_in_epoch"):
-        if hasattr(trainer, counter):
-            setattr(trainer, counter, 0)
+    # The Trainer counts the samples done in the epoch so that a resumed run skips them; after
+    # one round it would think the epoch finished. end_epoch() would reset the count but also
+    # write two checkpoints per round, so it is reset here instead (and expect_steps catches
+    # a Trainer that counts some other way).
+    trainer.samples_in_epoch = 0
     before = trainer.step
     trainer.train_epoch()
     return trainer.step - before

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from xcos.cli import main
 from xcos.data import shards as shards_module
-from xcos.data.image_folder import DataError, IdentityPairs, ImageFolderPairs, scan_image_folder
+from xcos.data.image_folder import DataError, ImageFolderPairs, scan_image_folder
 from xcos.data.images import read_rgb
 from xcos.data.shards import ShardPairs, ShardStore, write_shards
 from xcos.engine.trainer import Trainer
@@ -182,15 +182,6 @@ def test_items_equal_image_folder_pairs(tiny_synth, packed, epoch):
         ours, theirs = shards[index], folder[index]
         assert ours.keys() == theirs.keys()
         assert all(torch.equal(ours[key], theirs[key]) for key in ours), index
-
-
-@pytest.mark.parametrize("flip", [False, True])
-def test_fast_load_equals_the_base_class(packed, flip):
-    shards = ShardPairs(str(packed))
-    for index in (0, 9, 31):
-        fast = shards.load(index, flip)
-        assert fast.shape == (3, SIZE, SIZE) and fast.dtype == torch.float32
-        assert torch.equal(fast, IdentityPairs.load(shards, index, flip))
 
 
 def test_image_size_must_match_the_stored_one(packed):

@@ -25,21 +25,17 @@ def report_command(args: argparse.Namespace) -> int:
     from xcos.explain.verifier import Verifier
 
     verifier = Verifier.from_checkpoint(args.pretrained, args.threshold, args.metrics, args.device)
-    if verifier.threshold is None:
-        raise ValueError(
-            "no decision threshold: pass --threshold, or --metrics with a test run's "
-            "metrics.json, or use a checkpoint written after validation"
-        )
+    threshold = verifier.require_threshold()
     pair_set = pair_set_for_model(args.pairs, verifier.model)
     page = write_report(
         verifier.model,
         pair_set,
-        verifier.threshold,
+        threshold,
         args.out,
         verifier.device,
         errors=args.errors,
         correct=args.correct,
         layout=args.layout,
     )
-    print(f"report: {page} ({len(pair_set)} pairs, threshold {verifier.threshold:.4f})")
+    print(f"report: {page} ({len(pair_set)} pairs, threshold {threshold:.4f})")
     return 0

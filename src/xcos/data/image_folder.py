@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -132,12 +132,23 @@ class IdentityPairs(Dataset):
         return to_tensor(image)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        return self.pair_item(key, self.image_fields)
+
+    def image_fields(self, index: int, flip: bool, side: str) -> dict[str, torch.Tensor]:
+        return {f"image_{side}": self.load(index, flip)}
+
+    def pair_item(
+        self, key: int | tuple[int, int], face_fields: Callable[[int, bool, str], dict]
+    ) -> dict[str, torch.Tensor]:
+        """The item of ``key``: ``face_fields(index, flipped, "a" | "b")`` describes each face
+        (images here; a frozen backbone's cached outputs in ``CachedFeaturePairs``), plus the
+        identities and the label."""
         epoch, index = split_key(key)
         other, flip_a, flip_b = self.sample(index, epoch)
         label_a, label_b = int(self.labels[index]), int(self.labels[other])
         return {
-            "image_a": self.load(index, flip_a),
-            "image_b": self.load(other, flip_b),
+            **face_fields(index, flip_a, "a"),
+            **face_fields(other, flip_b, "b"),
             "identity_a": torch.tensor(label_a),
             "identity_b": torch.tensor(label_b),
             "label": torch.tensor(int(label_a == label_b)),

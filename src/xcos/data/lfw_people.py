@@ -57,8 +57,8 @@ class LFWFaceStore:
         return len(self.faces)
 
     def face(self, index: int) -> np.ndarray:
-        """Aligned face ``index`` as RGB uint8 [S, S, 3]."""
-        return np.ascontiguousarray(np.asarray(self.faces[index]).transpose(1, 2, 0))
+        """Aligned face ``index`` as RGB uint8 [S, S, 3] (a view: ``to_tensor`` copies it)."""
+        return np.asarray(self.faces[index]).transpose(1, 2, 0)
 
     def indices(self, paths: list[str] | list[Path], where: str) -> np.ndarray:
         """Store indices of image paths; errors name the first path not in the store."""

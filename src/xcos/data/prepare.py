@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from xcos.cache import cache_root
 from xcos.data.pack import write_pack
 from xcos.data.pair_sets import PairSet
 
@@ -122,7 +123,7 @@ def cached_pack(
     The cache key hashes the source files, every image, the pairs and the alignment
     settings, so any change to the data or to the preparation makes a new pack.
     """
-    cache = Path(cache_dir or os.environ.get("XCOS_CACHE", Path.home() / ".cache" / "xcos"))
+    cache = cache_root(cache_dir)
     key = hashlib.sha256(
         (
             source_digest(pair_set, sources)
@@ -145,7 +146,7 @@ def cached_faces(
 ) -> tuple[np.ndarray, str]:
     """Aligned faces uint8 [M, 3, S, S] of image files (memory-mapped from the cache) and the
     cache key; the key hashes every image's bytes and the alignment settings."""
-    cache = Path(cache_dir or os.environ.get("XCOS_CACHE", Path.home() / ".cache" / "xcos"))
+    cache = cache_root(cache_dir)
     digest = hashlib.sha256()
     for path in paths:
         digest.update(Path(path).read_bytes())

@@ -348,8 +348,9 @@ class ShardStore:
 
     def face(self, index: int) -> np.ndarray:
         """Image ``index`` as RGB uint8 [S, S, 3] (the face-store interface of
-        ``xcos.engine.features``, which caches a frozen backbone's outputs per store)."""
-        return np.ascontiguousarray(self[index].transpose(1, 2, 0))
+        ``xcos.engine.features``, which caches a frozen backbone's outputs per store); a view
+        of the memory map, which ``to_tensor`` copies once."""
+        return self[index].transpose(1, 2, 0)
 
     @property
     def cache_key(self) -> str:
@@ -520,16 +521,3 @@ class ShardPairs(IdentityPairs):
 
     def face(self, index: int) -> np.ndarray:
         return self.store.face(index)
-
-    def load(self, index: int, flip: bool) -> torch.Tensor:
-        """Image ``index`` as float [3, S, S], normalised like ``images.to_tensor``.
-
-        Converts straight from the CHW memory map into the output tensor (one pass, no HWC
-        round trip); the values are bit-identical to the base class's.
-        """
-        face = self.store[index]
-        if flip:
-            face = face[:, :, ::-1]
-        tensor = torch.empty(face.shape, dtype=torch.float32)
-        tensor.numpy()[...] = face
-        return tensor.div_(127.5).sub_(1.0)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from xcos.data.image_folder import IdentityPairs, split_key
+from xcos.cache import cache_root
+from xcos.data.image_folder import IdentityPairs
 from xcos.data.images import to_tensor
+from xcos.engine.checkpoint import save_checkpoint
 from xcos.models.xcos_model import XCosModel
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ def compute_backbone_outputs(
     device: torch.device,
     flip: bool = True,
     batch_size: int = 64,
-    autocast: Callable[[], AbstractContextManager] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The backbone's ``features`` [N, C, h, w] (float16) and ``embedding`` [N, D] (float32,
     when the model scores embeddings) of faces ``face(0..count-1)`` (RGB uint8 [S, S, 3]);
@@ -66,8 +65,7 @@ def compute_backbone_outputs(
             images = torch.stack([to_tensor(face(i)) for i in indices]).to(device)
             variants = {"": images, "_flipped": images.flip(3)} if flip else {"": images}
             for suffix, batch in variants.items():
-                with autocast() if autocast else nullcontext():
-                    outputs = model.backbone_outputs(batch)
+                outputs = model.backbone_outputs(batch)
                 for key, value in outputs.items():
                     dtype = torch.float16 if key == "features" else torch.float32
                     chunks.setdefault(key + suffix, []).append(value.to("cpu", dtype))
@@ -92,17 +90,14 @@ def cached_backbone_outputs(
     the faces' contents) is given and the same faces met the same backbone before."""
     if faces_key is None:
         return compute_backbone_outputs(model, face, count, device, flip, batch_size)
-    cache = Path(cache_dir or os.environ.get("XCOS_CACHE", Path.home() / ".cache" / "xcos"))
+    cache = cache_root(cache_dir)
     key = hashlib.sha256(f"{faces_key}:{backbone_digest(model)}:{flip}".encode()).hexdigest()
     path = cache / "features" / f"{key[:24]}.pt"
     if path.is_file():
         log.info("backbone outputs of %d faces from the cache %s", count, path)
         return torch.load(path, map_location="cpu", weights_only=True)
     outputs = compute_backbone_outputs(model, face, count, device, flip, batch_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(outputs, temp)
-    os.replace(temp, path)  # atomic: never a half-written cache entry
+    save_checkpoint(outputs, path)  # atomic: never a half-written cache entry
     return outputs
 
 
@@ -139,16 +134,7 @@ class CachedFeaturePairs(Dataset):
         return {f"{k}_{side}": self.outputs[k + suffix][index].float() for k in self.keys}
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        epoch, index = split_key(key)
-        other, flip_a, flip_b = self.pairs.sample(index, epoch)
-        label_a, label_b = int(self.pairs.labels[index]), int(self.pairs.labels[other])
-        return {
-            **self._outputs(index, flip_a, "a"),
-            **self._outputs(other, flip_b, "b"),
-            "identity_a": torch.tensor(label_a),
-            "identity_b": torch.tensor(label_b),
-            "label": torch.tensor(int(label_a == label_b)),
-        }
+        return self.pairs.pair_item(key, self._outputs)
 
 
 def with_cached_features(

@@ -85,7 +85,7 @@ class Trainer:
                 "data.cache_features to false (or use the 'self' target)"
             )
         if cache:
-            with self.dist.main_first():  # rank 0 fills the disk cache, the others read it
+            with self.dist.main_first():  # rank 0 first: keyed faces are cached on disk for all
                 self.dataset = with_cached_features(
                     self.model, self.dataset, device, config.validation.batch_size
                 )
@@ -100,7 +100,7 @@ class Trainer:
             len(self.dataset), config.seed, self.dist.rank, self.dist.world_size
         )
         self.train_loader: DataLoader | None = None
-        self.epoch, self.step, self.batch_in_epoch, self.samples_in_epoch = 0, 0, 0, 0
+        self.epoch, self.step, self.samples_in_epoch = 0, 0, 0
         self.best: float | None = None
         self.threshold: float | None = None  # xCos threshold of the monitored validation set
         if state is not None:
@@ -188,6 +188,11 @@ class Trainer:
     def global_batch(self) -> int:
         return self.cfg.data.batch_size * self.dist.world_size
 
+    @property
+    def batch_in_epoch(self) -> int:
+        """Steps of this epoch done so far (with this run's global batch, after a resume)."""
+        return self.samples_in_epoch // self.global_batch
+
     def epoch_loader(self) -> DataLoader:
         """The training DataLoader, made once (its workers can persist across epochs); the
         sampler is told the epoch and how many samples a resumed epoch already saw."""
@@ -232,7 +237,6 @@ class Trainer:
         self.samples_in_epoch = state.get(
             "samples_in_epoch", state.get("batch_in_epoch", 0) * self.cfg.data.batch_size
         )
-        self.batch_in_epoch = self.samples_in_epoch // self.global_batch
         log.info("resumed at epoch %d, step %d", self.epoch + 1, self.step)
         if saved_world != self.dist.world_size:
             log.warning(
@@ -279,7 +283,6 @@ class Trainer:
             terms = self.train_step(batch)
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value
-            self.batch_in_epoch += 1
             self.samples_in_epoch += self.global_batch
             bar.update(1)
             bar.set_postfix(loss=f"{terms['loss']:.4f}")
@@ -333,7 +336,7 @@ class Trainer:
 
     def end_epoch(self, losses: dict[str, float]) -> dict[str, Any]:
         self.epoch += 1
-        self.batch_in_epoch, self.samples_in_epoch = 0, 0
+        self.samples_in_epoch = 0
         for scheduler in self.schedulers.values():
             scheduler.step("epoch")
         row: dict[str, Any] = {"epoch": self.epoch, "step": self.step}

@@ -61,10 +61,10 @@ def embed_images(
     for images in _batches(pair_set, image_size or model.input_size, batch_size, num_workers):
         images = images.to(device, non_blocking=True)
         with autocast() if autocast else nullcontext():
-            faces = faces_to(model.embed(images), "cpu")
+            faces = faces_to(model.embed(images), device)  # float32 before the flip sum
             if flip:
-                faces = add_flipped(faces, faces_to(model.embed(images.flip(3)), "cpu"))
-        for key, value in faces.items():
+                faces = add_flipped(faces, faces_to(model.embed(images.flip(3)), device))
+        for key, value in faces_to(faces, "cpu").items():
             chunks.setdefault(key, []).append(value)
     return {key: torch.cat(values) for key, values in chunks.items()}
 
@@ -85,12 +85,12 @@ def describe_outputs(
     for start in range(0, count, batch_size):
         window = slice(start, start + batch_size)
         faces = faces_to(
-            model.describe(faces_to({k: outputs[k][window] for k in keys}, device)), "cpu"
+            model.describe(faces_to({k: outputs[k][window] for k in keys}, device)), device
         )
         if flip:
             mirrored = faces_to({k: outputs[f"{k}_flipped"][window] for k in keys}, device)
-            faces = add_flipped(faces, faces_to(model.describe(mirrored), "cpu"))
-        for key, value in faces.items():
+            faces = add_flipped(faces, faces_to(model.describe(mirrored), device))
+        for key, value in faces_to(faces, "cpu").items():
             chunks.setdefault(key, []).append(value)
     return {key: torch.cat(values) for key, values in chunks.items()}
 
@@ -196,7 +196,7 @@ def assemble_scores(
     """Scores of ``count`` pairs from (pair indices, scores) blocks; every pair must come
     exactly once, or the metric would silently count some pairs twice or not at all."""
     indices = np.concatenate([np.asarray(block, dtype=np.int64) for block, _ in parts])
-    seen = np.bincount(indices, minlength=count) if len(indices) else np.zeros(count, int)
+    seen = np.bincount(indices, minlength=count)
     if len(seen) != count or not (seen == 1).all():
         missing, repeated = np.flatnonzero(seen == 0), np.flatnonzero(seen > 1)
         raise RuntimeError(
@@ -256,6 +256,18 @@ def pick_examples(pair_set: PairSet, count: int) -> list[int]:
 
 
 @torch.no_grad()
+def compare_faces(
+    model: torch.nn.Module, faces: Sequence[np.ndarray], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """``model.compare`` of RGB uint8 faces given as A, B, A, B, ...: one embedding pass."""
+    batch = torch.stack([to_tensor(face) for face in faces]).to(device)
+    described = faces_to(model.embed(batch), device)
+    return model.compare(
+        select_faces(described, slice(0, None, 2)), select_faces(described, slice(1, None, 2))
+    )
+
+
+@torch.no_grad()
 def explain_pairs(
     model: torch.nn.Module,
     pair_set: PairSet,
@@ -271,12 +283,7 @@ def explain_pairs(
     try:
         size = image_size or model.input_size
         faces = [pair_set.image(j, size) for i in indices for j in pair_set.pairs[i]]
-        described = faces_to(
-            model.embed(torch.stack([to_tensor(f) for f in faces]).to(device)), device
-        )
-        out = model.compare(
-            select_faces(described, slice(0, None, 2)), select_faces(described, slice(1, None, 2))
-        )
+        out = compare_faces(model, faces, device)
     finally:
         model.train(was_training)
     return [

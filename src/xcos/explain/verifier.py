@@ -22,12 +22,13 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from xcos.config import ModelConfig, from_dict
-from xcos.data.images import read_rgb, to_image, to_tensor
+from xcos.data.images import read_rgb, to_image
 from xcos.engine.checkpoint import load_weights
 from xcos.engine.runtime import resolve_device
+from xcos.evaluation.evaluator import compare_faces
 from xcos.explain.figures import LAYOUTS
 from xcos.models.targets import read_checkpoint, state_dict_of
-from xcos.models.xcos_model import XCosModel, build_model, inference_config, select_faces
+from xcos.models.xcos_model import XCosModel, build_model, inference_config
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 
@@ -141,6 +142,15 @@ class Verifier:
             threshold = state.get("threshold")
         return cls(model, threshold, device, align)
 
+    def require_threshold(self) -> float:
+        """The decision threshold; an error saying where to get one when there is none."""
+        if self.threshold is None:
+            raise ValueError(
+                "no decision threshold: pass --threshold, or --metrics with a test run's "
+                "metrics.json, or use a checkpoint written after validation"
+            )
+        return self.threshold
+
     def explain(self, image_a: ImageLike, image_b: ImageLike) -> Explanation:
         """Verify and explain one pair."""
         return self.explain_batch([(image_a, image_b)])[0]
@@ -148,21 +158,13 @@ class Verifier:
     @torch.no_grad()
     def explain_batch(self, pairs: Sequence[tuple[ImageLike, ImageLike]]) -> list[Explanation]:
         """Verify and explain many pairs in one forward pass of the backbone."""
-        if self.threshold is None:
-            raise ValueError(
-                "no decision threshold: pass --threshold, or --metrics with a test run's "
-                "metrics.json, or use a checkpoint written after validation"
-            )
+        self.require_threshold()
         faces = [
             self._face(image, f"face {'AB'[k]} of pair {i}")
             for i, pair in enumerate(pairs)
             for k, image in enumerate(pair)
         ]
-        batch = torch.stack([to_tensor(face) for face in faces]).to(self.device)
-        faces_ab = self.model.embed(batch)
-        compared = self.model.compare(
-            select_faces(faces_ab, slice(0, None, 2)), select_faces(faces_ab, slice(1, None, 2))
-        )
+        compared = compare_faces(self.model, faces, self.device)
         out = {k: v.float().cpu().numpy() for k, v in compared.items()}
         return [
             Explanation(

@@ -164,17 +164,13 @@ def faces_to(faces: dict[str, torch.Tensor], device: torch.device | str) -> dict
     return {key: value.float().to(device) for key, value in faces.items()}
 
 
-def build_model(
-    model_cfg: Any, num_classes: int | None = None, load_pretrained: bool = True
-) -> XCosModel:
+def build_model(model_cfg: Any, num_classes: int | None = None) -> XCosModel:
     """Build an ``XCosModel`` from the ``model`` section of a ``Config``.
 
     ``num_classes`` (identities of the training set) is needed only with an identity head.
-    ``load_pretrained=False`` skips ``model.pretrained`` (for a model whose weights all come
-    from an xcos checkpoint next).
     """
     backbone = BACKBONES.build(model_cfg.backbone, "model.backbone")
-    if load_pretrained and model_cfg.pretrained is not None:
+    if model_cfg.pretrained is not None:
         load_recognizer_weights(backbone, model_cfg.pretrained, "model.pretrained")
     head = HEADS.build(model_cfg.head, "model.head", in_channels=backbone.out_channels)
     target = TARGETS.build(model_cfg.target, "model.target")

@@ -33,7 +33,7 @@ from xcos.models.backbones.iresnet import (
 )
 from xcos.registry import BACKBONES
 
-__all__ = ["ARCFACE_LAYERS", "ArcFaceIResNet", "IBasicBlock", "iresnet"]
+__all__ = ["ARCFACE_LAYERS", "ArcFaceIResNet", "IBasicBlock"]
 
 #: Blocks per layer for each depth. 18 ... 200 are arcface_torch's released models; 10 and 152
 #: have no arcface_torch checkpoint and exist so that this backbone accepts the same depths as
@@ -71,6 +71,7 @@ class IBasicBlock(nn.Module):
         return out + shortcut
 
 
+@BACKBONES.register("iresnet")
 class ArcFaceIResNet(nn.Module):
     """arcface_torch iResNet returning the spatial grid and, optionally, the embedding.
 
@@ -163,15 +164,3 @@ class ArcFaceIResNet(nn.Module):
             f"depth={self.depth}, width={self.width}, out_channels={self.out_channels}, "
             f"grid_size={self.grid_size}, embedding_dim={self.embedding_dim}"
         )
-
-
-@BACKBONES.register("iresnet")
-def iresnet(
-    depth: int = 50,
-    width: float = 1.0,
-    embedding_dim: int | None = 512,
-    dropout: float = 0.0,
-    input_size: int = 112,
-) -> ArcFaceIResNet:
-    """arcface_torch iResNet (``backbone.pth`` layout). See :class:`ArcFaceIResNet`."""
-    return ArcFaceIResNet(depth, width, embedding_dim, dropout, input_size)

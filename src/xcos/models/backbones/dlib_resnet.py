@@ -22,13 +22,13 @@ zero-padding the smaller one at the end of the channels, rows and columns; the p
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcos.cache import cache_root
 from xcos.engine.checkpoint import save_checkpoint
 from xcos.models.dlib_format import (
     DLIB_MEANS,
@@ -243,7 +243,7 @@ def cached_dlib_weights(dat: str | Path | None = None) -> Path:
     """The converted state dict of ``dat`` (default: the installed package's .dat), made on
     first use as ``$XCOS_CACHE/dlib/<first 16 hex digits of the .dat's sha256>.pth``."""
     dat = Path(dat) if dat is not None else find_dlib_weights()
-    cache = Path(os.environ.get("XCOS_CACHE") or Path.home() / ".cache" / "xcos")
+    cache = cache_root()
     out = cache / "dlib" / f"{_file_digest(dat)[:16]}.pth"
     if not out.is_file():
         convert_dlib_weights(dat, out)
