@@ -21,6 +21,7 @@ Inputs are RGB normalised as ``(x / 255 - 0.5) / 0.5``, as everywhere in xcos.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +32,7 @@ from xcos.models.backbones.iresnet import (
     init_face_resnet,
     scaled_channels,
 )
+from xcos.models.geometry import strided_centres
 from xcos.registry import BACKBONES
 
 __all__ = ["ARCFACE_LAYERS", "ArcFaceIResNet", "IBasicBlock"]
@@ -140,6 +142,11 @@ class ArcFaceIResNet(nn.Module):
     def grid_layer(self) -> nn.Module:
         """The module whose output is the grid (for hooks such as Grad-CAM's)."""
         return self.layer4
+
+    def cell_centres(self) -> np.ndarray:
+        """Pixel centres of the grid cells: as for the IR backbones, cell ``o`` is centred on
+        pixel ``16o`` (see ``xcos.models.geometry``)."""
+        return strided_centres(self.grid_size, 16.0, 0.5)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, 3, H, W] -> grid [B, out_channels, H/16, W/16]`` (layer4 output, before bn2)."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +42,7 @@ from xcos.models.dlib_format import (
     find_dlib_weights,
     read_dlib_resnet,
 )
+from xcos.models.geometry import strided_centres
 from xcos.models.targets import load_state_dict
 from xcos.registry import BACKBONES
 
@@ -214,6 +216,46 @@ class DlibResNet(nn.Module):
         for name in _LEVEL_NAMES[_LEVEL_NAMES.index(f"level{self.level}") + 1 :]:
             x = self.get_submodule(name)(x)
         return {"grid": grid, "embedding": self.fc(x.mean(dim=(2, 3)))}
+
+    def cell_centres(self) -> np.ndarray:
+        """Pixel centres of the grid cells. dlib's stride-2 layers are unpadded: a layer of
+        kernel ``k`` centres output ``o`` on ``2o + k/2`` of its input, and its down-sampling
+        blocks add a 3x3/2 branch to a 2x2/2 average pool. Through the stem and levels,
+        level-2 cells are centred near ``16o + 14.5`` (16 px apart). Level 1's first block
+        zero-pads its 3x3 branch to 4x4 and two padded blocks follow; measured (which cell a
+        small change moves the most, ``tests/test_geometry.py``), its cells sit where equal
+        37.5-px cells of the 150-px chip do."""
+        if self.level == 1:
+            return strided_centres(self.grid_size, 37.5, 18.75)
+        return strided_centres(self.grid_size, 16.0, 14.5)
+
+    @property
+    def linear_tail(self) -> bool:
+        """Whether the embedding splits exactly over the grid cells (``cell_contributions``)."""
+        return self.level == 1
+
+    def cell_contributions(self, grid: torch.Tensor) -> torch.Tensor:
+        """Level-1 map ``[B, 256, 4, 4]`` -> ``[B, 128, 4, 4]``: one vector per cell, summing
+        over the cells to the embedding exactly.
+
+        After level 1 come level 0 (``relu(avg_pool(x) + branch)``) and a mean: the 2x2 average
+        pool and the mean are linear, and since the map is non-negative (it leaves a relu) the
+        relu changes nothing where there is no branch. Level 0's 3x3/2 branch is unpadded on a
+        4x4 map, so only its top-left output cell has one, fed by the top-left 3x3 cells: that
+        cell's correction (its output minus its pooled input) is shared equally between them.
+        Each cell then contributes ``fc(x_c / 16 + correction share)``.
+        """
+        if self.level != 1:
+            raise ValueError(f"cell_contributions needs level 1, this backbone has {self.level}")
+        pooled = F.avg_pool2d(grid, 2, 2)  # [B, C, 2, 2]
+        correction = self.level0(grid) - pooled  # non-zero only where the branch lands
+        # Each output cell (pool + correction) is shared by the 2x2 cells it pools ...
+        per_cell = (grid + F.interpolate(correction, scale_factor=2, mode="nearest")) / 16.0
+        # ... except the branch's correction, which the top-left 3x3 cells feed.
+        top_left = correction[:, :, :1, :1]
+        per_cell[:, :, :2, :2] -= top_left / 16.0
+        per_cell[:, :, :3, :3] += top_left / 36.0
+        return torch.einsum("oc,bchw->bohw", self.fc.weight, per_cell)
 
     def extra_repr(self) -> str:
         return f"level={self.level}, out_channels={self.out_channels}, grid_size={self.grid_size}"

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+from xcos.models.geometry import strided_centres
 from xcos.registry import BACKBONES
 
 __all__ = [
@@ -210,6 +212,11 @@ class IResNet(nn.Module):
     def reset_parameters(self) -> None:
         """See ``init_face_resnet``."""
         init_face_resnet(self)
+
+    def cell_centres(self) -> np.ndarray:
+        """Pixel centres of the grid cells: four ``conv3x3(stride 2, padding 1)`` stages centre
+        cell ``o`` on pixel ``16o`` (see ``xcos.models.geometry``)."""
+        return strided_centres(self.grid_size, 16.0, 0.5)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, 3, H, W] -> grid [B, out_channels, H/16, W/16]``."""

@@ -1,0 +1,50 @@
+"""Where the grid cells of a backbone sit on its input: the geometry that maps are drawn with.
+
+A deep network's grid cell does not see the square of pixels it would cover if the face were
+cut into equal cells. With ``conv3x3(stride 2, padding 1)`` stages (ArcFace's IR and iResNet),
+output cell ``o`` is centred on input pixel ``2o``, so after four stages cell ``o`` of the 7x7
+grid is centred on pixel ``16o`` of a 112-px face: half a cell up and left of the square
+``[16o, 16o + 16)``. Figures, occlusion windows and the faithfulness games use the cells where
+they really are: a backbone states its cells' centres (``cell_centres``), each pixel belongs to
+the cell whose centre is nearest (the border strips to the outermost cells), and a test checks
+this against which cell a small change of the input moves the most.
+
+Coordinates are continuous pixel coordinates: pixel ``i`` spans ``[i, i + 1)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def strided_centres(cells: int, stride: float, first: float) -> np.ndarray:
+    """Centres [cells] of cells ``stride`` pixels apart, the first at ``first``."""
+    return first + stride * np.arange(cells, dtype=np.float64)
+
+
+def grid_centres(backbone: Any, size: int | None = None) -> np.ndarray:
+    """Pixel centres [g] of a backbone's (square) grid cells: ``backbone.cell_centres()`` when
+    it states them, else the centres of ``size`` (default: its input size) cut equally."""
+    stated = getattr(backbone, "cell_centres", None)
+    if callable(stated):
+        return np.asarray(stated(), dtype=np.float64)
+    size = size or backbone.input_size
+    cells = backbone.grid_size
+    return strided_centres(cells, size / cells, size / cells / 2)
+
+
+def grid_edges(backbone: Any, size: int | None = None) -> np.ndarray:
+    """Pixel edges [g + 1] of the grid cells on a face of side ``size`` (default: the
+    backbone's input size): midpoints between centres, the outer edges at the face's border."""
+    size = size or backbone.input_size
+    centres = grid_centres(backbone, size)
+    return np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [float(size)]])
+
+
+def pixel_spans(edges: np.ndarray, size: int | None = None) -> list[tuple[int, int]]:
+    """``[start, stop)`` pixel indices of each cell: the pixels whose centre lies in it."""
+    size = round(float(edges[-1])) if size is None else size
+    bounds = np.clip(np.ceil(np.asarray(edges) - 0.5), 0, size).astype(int)
+    return [(int(bounds[k]), int(bounds[k + 1])) for k in range(len(bounds) - 1)]
