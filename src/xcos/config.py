@@ -68,6 +68,34 @@ class TrainerConfig:
     progress_bar: bool = True
 
 
+@dataclass(frozen=True)
+class PerturbSettings:
+    """``data.perturb``: how B* is made.
+
+    Args:
+        paste: share of pairs whose B* is pasted (the rest are covered).
+        side: smallest and largest side of the rectangle, as fractions of the face side
+            (about one to two grid cells: a 7x7 grid's cell is 0.14, a 4x4 grid's 0.25).
+        variants: how many B* each face has (each epoch picks one); with a frozen backbone
+            their outputs are computed once and cached, so keep it small there.
+        seed: seed of the rectangles, donors and colours.
+    """
+
+    paste: float = 0.5
+    side: tuple[float, float] = (0.15, 0.35)
+    variants: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        low, high = self.side
+        if not 0.0 <= self.paste <= 1.0:
+            raise ConfigError(f"data.perturb.paste: expected a share in [0, 1], got {self.paste}")
+        if not 0.0 < low <= high < 1.0:
+            raise ConfigError(f"data.perturb.side: expected 0 < low <= high < 1, got {self.side}")
+        if self.variants < 1:
+            raise ConfigError(f"data.perturb.variants: expected >= 1, got {self.variants}")
+
+
 @dataclass
 class DataConfig:
     train: Annotated[dict, Component("DATASETS")] | None = None
@@ -78,6 +106,7 @@ class DataConfig:
     prefetch_factor: int | None = None  # batches each worker keeps ready (torch's default: 2)
     cache_features: bool = True
     synthetic: Annotated[dict, Component("GENERATORS")] | None = None
+    perturb: PerturbSettings | None = None  # B* for faithful-explanation training
 
 
 @dataclass

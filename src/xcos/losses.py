@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,11 +12,24 @@ from xcos.registry import LOSSES
 
 
 class LossTerm(nn.Module):
-    """A weighted loss on ``outputs[output]`` against ``outputs[target]`` or ``batch[target]``."""
+    """A weighted loss on ``outputs[output]`` against ``outputs[target]`` or ``batch[target]``.
 
-    def __init__(self, output: str, target: str, weight: float = 1.0, name: str | None = None):
+    ``where`` names batch keys of 0/1 flags: the loss then reads only the rows flagged 1 in
+    all of them (for instance ``perturb_cover``: the pairs whose B* is covered), and is 0
+    without any.
+    """
+
+    def __init__(
+        self,
+        output: str,
+        target: str,
+        weight: float = 1.0,
+        name: str | None = None,
+        where: str | list[str] | None = None,
+    ):
         super().__init__()
         self.output, self.target, self.weight = output, target, weight
+        self.where = [where] if isinstance(where, str) else list(where or [])
         self.name = name or type(self).__name__
 
     def pick(
@@ -38,6 +53,18 @@ class LossTerm(nn.Module):
         self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         prediction, target = self.pick(outputs, batch)
+        if self.where:
+            missing = [key for key in self.where if key not in batch]
+            if missing:
+                raise KeyError(
+                    f"loss {self.name!r} selects rows by batch key(s) {missing}, which the "
+                    f"batch does not hold ({', '.join(sorted(batch))}); set data.perturb"
+                )
+            rows = torch.stack([batch[key].to(prediction.device) > 0.5 for key in self.where])
+            rows = rows.all(dim=0)
+            if not bool(rows.any()):
+                return prediction.sum() * 0.0  # keeps the graph; nothing to learn here
+            prediction, target = prediction[rows], target[rows]
         return self.weight * self.compute(prediction, target)
 
     def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -73,8 +100,124 @@ class MeanSquaredError(LossTerm):
         target: str = "target_cos",
         weight: float = 1.0,
         name: str | None = "xcos_mse",
+        where: str | list[str] | None = None,
     ) -> None:
-        super().__init__(output, target, weight, name)
+        super().__init__(output, target, weight, name, where)
 
     def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(prediction.float(), target.float())
+
+
+@LOSSES.register("locality")
+class Locality(LossTerm):
+    """A cell should describe its own pixels: with a rectangle of another face pasted into
+    face B (B*, ``data.perturb``), B's patch cosine against B* must drop on the cells the
+    rectangle covers and stay at 1 on the cells it does not touch.
+
+    Reads ``perturbed_patch_cosine`` [B, h, w] and ``perturb_box`` [B, 4] (fractions), on the
+    pasted rows (``where``). A cell covered by at least ``covered`` of its area adds
+    ``relu(cosine - margin)``; a cell the rectangle does not touch adds ``1 - cosine``; the
+    cells in between are left free (their receptive field legitimately sees the paste).
+    """
+
+    def __init__(
+        self,
+        output: str = "perturbed_patch_cosine",
+        target: str = "perturb_box",
+        weight: float = 1.0,
+        margin: float = 0.5,
+        covered: float = 0.5,
+        name: str | None = "locality",
+        where: str | list[str] | None = "perturb_paste",
+    ) -> None:
+        super().__init__(output, target, weight, name, where)
+        self.margin, self.covered = margin, covered
+
+    def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from xcos.data.perturb import box_coverage
+
+        cosine = prediction.float()
+        coverage = box_coverage(target.float(), *cosine.shape[1:])
+        inside, outside = coverage >= self.covered, coverage <= 0.0
+        drop = F.relu(cosine - self.margin)[inside]
+        stay = (1.0 - cosine)[outside]
+        return (drop.sum() + stay.sum()) / max(1, int(inside.sum() + outside.sum()))
+
+
+@LOSSES.register("pointing")
+class Pointing(LossTerm):
+    """Where two faces of one person differ most should be where another face was pasted: the
+    share of the xCos difference map of (A, B*) (``perturbed_difference`` [B, h, w],
+    attention x (1 - patch cosine)) that falls on the pasted cells, pushed up by its
+    cross-entropy against the cells' coverage (``perturb_box`` [B, 4], fractions).
+
+    By default it reads the pasted rows of same-person pairs (``where``).
+    """
+
+    def __init__(
+        self,
+        output: str = "perturbed_difference",
+        target: str = "perturb_box",
+        weight: float = 1.0,
+        name: str | None = "pointing",
+        where: str | list[str] | None = ("perturb_paste", "label"),
+    ) -> None:
+        super().__init__(output, target, weight, name, where)
+
+    def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from xcos.data.perturb import box_coverage
+
+        difference = prediction.float().clamp_min(0.0).flatten(1)
+        share = difference / difference.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        coverage = box_coverage(target.float(), *prediction.shape[1:]).flatten(1)
+        wanted = coverage / coverage.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return -(wanted * torch.log(share + 1e-6)).sum(dim=1).mean()
+
+
+@LOSSES.register("covered_attention")
+class CoveredAttention(LossTerm):
+    """What a flat cover hides cannot count more than when it was visible: on the pairs whose
+    B* is covered (``where``), the attention that (A, B*) puts on the covered cells
+    (``perturbed_attention``) should be at most ``ratio`` times what (A, B) put there
+    (``attention``, detached). A hinge on the log of the two attention masses.
+
+    Reads ``perturbed_attention`` and ``attention`` [B, h, w] from the outputs and
+    ``perturb_box`` [B, 4] (fractions) from the batch; a cell counts as covered when at least
+    ``covered`` of its area is.
+    """
+
+    def __init__(
+        self,
+        output: str = "perturbed_attention",
+        target: str = "attention",
+        weight: float = 1.0,
+        ratio: float = 0.5,
+        covered: float = 0.5,
+        name: str | None = "covered_attention",
+        where: str | list[str] | None = "perturb_cover",
+    ) -> None:
+        super().__init__(output, target, weight, name, where)
+        self.ratio, self.covered = ratio, covered
+        self._boxes: torch.Tensor | None = None
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        self._boxes = batch["perturb_box"]
+        if self.where:  # the rows the base class keeps, for the boxes too
+            rows = torch.stack([batch[key] > 0.5 for key in self.where]).all(dim=0)
+            self._boxes = self._boxes[rows.to(self._boxes.device)]
+        return super().forward(outputs, batch)
+
+    def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        from xcos.data.perturb import box_coverage
+
+        coverage = box_coverage(self._boxes.float().to(prediction.device), *prediction.shape[1:])
+        cells = (coverage >= self.covered).float()
+        keep = cells.flatten(1).sum(dim=1) > 0
+        if not bool(keep.any()):
+            return prediction.sum() * 0.0
+        after = (prediction.float() * cells).flatten(1).sum(dim=1)[keep]
+        before = (target.float().detach() * cells).flatten(1).sum(dim=1)[keep]
+        excess = torch.log(after + 1e-8) - torch.log(before + 1e-8) - math.log(self.ratio)
+        return F.relu(excess).mean()

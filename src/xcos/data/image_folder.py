@@ -11,6 +11,13 @@ import torch
 from torch.utils.data import Dataset
 
 from xcos.data.images import IMAGE_EXTENSIONS, BadImageError, read_rgb, to_tensor
+from xcos.data.perturb import (
+    Perturbation,
+    PerturbSettings,
+    apply_perturbation,
+    draw_perturbation,
+    perturbation_fields,
+)
 from xcos.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -70,12 +77,17 @@ class IdentityPairs(Dataset):
     persistent DataLoader workers the copies of the data set in the workers never see
     ``set_epoch``, so the epoch travels with each key.
 
+    With ``perturb`` set (``data.perturb``, see ``xcos.data.perturb``), items also carry B*:
+    face B with a pasted or covered rectangle, one of ``perturb.variants`` drawn per face.
+
     Args:
         counts: images per identity; images are numbered identity by identity.
         same_probability: chance of a same-identity pair.
         flip: random horizontal flip of each image (augmentation).
         seed: sampling seed (combined with the epoch and index).
     """
+
+    perturb: PerturbSettings | None = None  # set by the trainer from data.perturb
 
     def __init__(
         self, counts: Sequence[int], same_probability: float, flip: bool, seed: int
@@ -116,6 +128,31 @@ class IdentityPairs(Dataset):
             + rng.integers(self.offsets[other_label + 1] - self.offsets[other_label])
         )
 
+    def other_identity(self, index: int, rng: np.random.Generator) -> int:
+        """A random image of any identity but image ``index``'s."""
+        label = self.labels[index]
+        other_label = rng.integers(self.num_classes - 1)
+        other_label += other_label >= label
+        start, stop = self.offsets[other_label], self.offsets[other_label + 1]
+        return int(start + rng.integers(stop - start))
+
+    def perturbation(self, index: int, variant: int) -> Perturbation:
+        """Variant ``variant`` of the perturbation of image ``index`` (a pure function)."""
+        if self.perturb is None:
+            raise ValueError("this data set has no data.perturb settings")
+        rng = np.random.default_rng([self.perturb.seed, index, variant])
+        return draw_perturbation(self.perturb, rng, lambda r: self.other_identity(index, r))
+
+    def perturbed_face(self, index: int, variant: int, flip: bool) -> torch.Tensor:
+        """Image ``index`` with its perturbation ``variant``, then flipped or not [3, S, S]
+        (a frozen backbone's cache mirrors the perturbed face the same way)."""
+        perturbation = self.perturbation(index, variant)
+        donor = perturbation[2]
+        face = apply_perturbation(
+            self.load(index, False), perturbation, self.load(donor, False) if donor >= 0 else None
+        )
+        return face.flip(-1) if flip else face
+
     def sample(self, index: int, epoch: int | None = None) -> tuple[int, bool, bool]:
         """The partner of anchor ``index`` in ``epoch`` (default: the one set) and whether each
         face is flipped."""
@@ -132,27 +169,45 @@ class IdentityPairs(Dataset):
         return to_tensor(image)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        return self.pair_item(key, self.image_fields)
+        return self.pair_item(key, self.image_fields, self.perturbed_image)
 
     def image_fields(self, index: int, flip: bool, side: str) -> dict[str, torch.Tensor]:
         return {f"image_{side}": self.load(index, flip)}
 
+    def perturbed_image(self, index: int, variant: int, flip: bool) -> dict[str, torch.Tensor]:
+        return {"image_perturbed": self.perturbed_face(index, variant, flip)}
+
     def pair_item(
-        self, key: int | tuple[int, int], face_fields: Callable[[int, bool, str], dict]
+        self,
+        key: int | tuple[int, int],
+        face_fields: Callable[[int, bool, str], dict],
+        perturbed_fields: Callable[[int, int, bool], dict] | None = None,
     ) -> dict[str, torch.Tensor]:
         """The item of ``key``: ``face_fields(index, flipped, "a" | "b")`` describes each face
         (images here; a frozen backbone's cached outputs in ``CachedFeaturePairs``), plus the
-        identities and the label."""
+        identities and the label; with ``perturb`` set, ``perturbed_fields(index, variant,
+        flipped)`` describes B* and ``perturbation_fields`` its rectangle."""
         epoch, index = split_key(key)
         other, flip_a, flip_b = self.sample(index, epoch)
         label_a, label_b = int(self.labels[index]), int(self.labels[other])
-        return {
+        item = {
             **face_fields(index, flip_a, "a"),
             **face_fields(other, flip_b, "b"),
             "identity_a": torch.tensor(label_a),
             "identity_b": torch.tensor(label_b),
             "label": torch.tensor(int(label_a == label_b)),
         }
+        if self.perturb is not None and perturbed_fields is not None:
+            epoch = self.epoch if epoch is None else epoch
+            rng = np.random.default_rng([self.seed, epoch, index, 1])
+            variant = int(rng.integers(self.perturb.variants))
+            perturbation = self.perturbation(other, variant)
+            if flip_b:  # drawn on the unflipped face: mirror the box as B is seen
+                x0, y0, x1, y1 = perturbation[1]
+                perturbation = (perturbation[0], (1 - x1, y0, 1 - x0, y1), *perturbation[2:])
+            item.update(perturbed_fields(other, variant, flip_b))
+            item.update(perturbation_fields(perturbation))
+        return item
 
 
 @DATASETS.register("image_folder_pairs")

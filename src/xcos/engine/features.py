@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from xcos.cache import cache_root
 from xcos.data.image_folder import IdentityPairs
-from xcos.data.images import to_tensor
+from xcos.data.images import to_image, to_tensor
 from xcos.engine.checkpoint import save_checkpoint
 from xcos.models.xcos_model import XCosModel
 
@@ -104,17 +104,20 @@ def cached_backbone_outputs(
 class CachedFeaturePairs(Dataset):
     """The pairs of an ``IdentityPairs`` data set, carrying the frozen backbone's cached
     outputs (``features_a/b``, ``embedding_a/b``) instead of images. Same sampling, same
-    flips (a flipped face gets the outputs of its mirror image)."""
+    flips (a flipped face gets the outputs of its mirror image). With ``perturbed`` (the
+    outputs of every face's B* variants, ``perturbed_outputs``), items carry B* too."""
 
     def __init__(
         self,
         pairs: IdentityPairs,
         outputs: dict[str, torch.Tensor],
         store_index: np.ndarray | None = None,
+        perturbed: dict[str, torch.Tensor] | None = None,
     ) -> None:
         if pairs.flip and "features_flipped" not in outputs:
             raise ValueError("the data set flips faces but the cache holds no mirrored outputs")
         self.pairs, self.outputs, self.store_index = pairs, outputs, store_index
+        self.perturbed = perturbed
         self.keys = [key for key in ("features", "embedding") if key in outputs]
 
     @property
@@ -133,8 +136,37 @@ class CachedFeaturePairs(Dataset):
             index = int(self.store_index[index])
         return {f"{k}_{side}": self.outputs[k + suffix][index].float() for k in self.keys}
 
+    def _perturbed_outputs(self, index: int, variant: int, flipped: bool) -> dict:
+        suffix = "_flipped" if flipped else ""
+        row = index * self.pairs.perturb.variants + variant
+        return {f"{k}_perturbed": self.perturbed[k + suffix][row].float() for k in self.keys}
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
-        return self.pairs.pair_item(key, self._outputs)
+        perturbed = self._perturbed_outputs if self.perturbed is not None else None
+        return self.pairs.pair_item(key, self._outputs, perturbed)
+
+
+def perturbed_outputs(
+    model: XCosModel, dataset: IdentityPairs, device: torch.device, batch_size: int = 64
+) -> dict[str, torch.Tensor]:
+    """The frozen backbone's outputs of every face's B* variants (``data.perturb``), row
+    ``index * variants + variant``; cached on disk when the data set's faces are keyed."""
+    settings = dataset.perturb
+    count = len(dataset) * settings.variants
+
+    def face(row: int) -> np.ndarray:
+        index, variant = divmod(row, settings.variants)
+        return to_image(dataset.perturbed_face(index, variant, flip=False))
+
+    store = getattr(dataset, "store", None)
+    key = None
+    if store is not None:
+        digest = hashlib.sha256(f"{store.cache_key}:{settings}:perturbed".encode())
+        digest.update(np.asarray(getattr(dataset, "store_index", [])).tobytes())
+        digest.update(np.asarray(dataset.labels).tobytes())
+        key = digest.hexdigest()
+    log.info("backbone outputs of %d perturbed faces (data.perturb)", count)
+    return cached_backbone_outputs(model, face, count, key, device, dataset.flip, batch_size)
 
 
 def with_cached_features(
@@ -154,4 +186,5 @@ def with_cached_features(
     outputs = cached_backbone_outputs(
         model, face, count, key, device, flip=dataset.flip, batch_size=batch_size
     )
-    return CachedFeaturePairs(dataset, outputs, getattr(dataset, "store_index", None))
+    perturbed = perturbed_outputs(model, dataset, device, batch_size) if dataset.perturb else None
+    return CachedFeaturePairs(dataset, outputs, getattr(dataset, "store_index", None), perturbed)

@@ -13,6 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from xcos.config import Config, ConfigError
+from xcos.data.image_folder import IdentityPairs
 from xcos.data.pair_sets import load_pair_set
 from xcos.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from xcos.engine.distributed import Distributed
@@ -70,6 +71,13 @@ class Trainer:
         self.autocast = autocast_factory(config.trainer.amp, device)
         self._require_training_sections()
         self.dataset = DATASETS.build(config.data.train, "data.train")
+        if config.data.perturb is not None:
+            if not isinstance(self.dataset, IdentityPairs):
+                raise ConfigError(
+                    f"data.perturb: {type(self.dataset).__name__} is not an identity-pair data "
+                    "set; remove data.perturb"
+                )
+            self.dataset.perturb = config.data.perturb
         self.memory_format = (
             torch.channels_last if config.trainer.channels_last else torch.contiguous_format
         )

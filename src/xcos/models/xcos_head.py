@@ -56,15 +56,22 @@ class AttentionModule(nn.Module):
         return self.joint(torch.cat([encoded_a, encoded_b], dim=1))[:, 0]
 
     def forward(
-        self, grid_a: torch.Tensor, grid_b: torch.Tensor, symmetric: bool = True
+        self,
+        grid_a: torch.Tensor,
+        grid_b: torch.Tensor,
+        symmetric: bool = True,
+        prior: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attention map [B, H, W] (sums to 1 over H*W) for grids [B, C, H, W]."""
+        """Attention map [B, H, W] (sums to 1 over H*W) for grids [B, C, H, W]; ``prior``
+        [B, H, W] is added to the logits (symmetric priors keep the map symmetric)."""
         encoded_a, encoded_b = self.face_encoder(grid_a), self.face_encoder(grid_b)
         logits = self.logits(encoded_a, encoded_b)
         if symmetric:
             # Averaging both argument orders before the softmax makes the map, and so the
             # score, independent of which face is "A": a verifier must not depend on order.
             logits = 0.5 * (logits + self.logits(encoded_b, encoded_a))
+        if prior is not None:
+            logits = logits + prior
         batch, height, width = logits.shape
         return torch.softmax(logits.float().reshape(batch, -1), dim=1).reshape(batch, height, width)
 
@@ -84,6 +91,10 @@ class XCosHead(nn.Module):
         grid_hidden: channels of an extra 1x1 conv + BN + PReLU before the projection (a
             per-cell MLP: each cell still sees only its own features). For a frozen recognizer
             whose spatial map is several layers from its embedding; None: the paper's head.
+        norm_prior: add ``log(|F_A| |F_B|)`` of each cell's grid features to the learned
+            attention logits, so that the attention starts from how much each cell weighs in
+            the cosine of the flattened grids (``|F_A| |F_B| cos`` summed over the cells) and
+            a cell with little evidence in either face (a covered one) weighs little.
     """
 
     def __init__(
@@ -95,6 +106,7 @@ class XCosHead(nn.Module):
         detach_cosine: bool = True,
         symmetric: bool = True,
         grid_hidden: int | None = None,
+        norm_prior: bool = False,
     ) -> None:
         super().__init__()
         hidden = [] if grid_hidden is None else [*conv_bn_prelu(in_channels, grid_hidden, 1)]
@@ -110,6 +122,7 @@ class XCosHead(nn.Module):
         self.grid_channels = grid_channels
         self.detach_cosine = detach_cosine
         self.symmetric = symmetric
+        self.norm_prior = norm_prior
 
     def grid_features(self, spatial_map: torch.Tensor) -> torch.Tensor:
         """Backbone map [B, C_in, H, W] -> grid features F [B, grid_channels, H, W]."""
@@ -120,7 +133,11 @@ class XCosHead(nn.Module):
         if self.attention is None:
             batch, _, height, width = grid_a.shape
             return grid_a.new_full((batch, height, width), 1.0 / (height * width)).float()
-        return self.attention(grid_a, grid_b, self.symmetric)
+        prior = None
+        if self.norm_prior:
+            norms = grid_a.float().norm(dim=1) * grid_b.float().norm(dim=1)
+            prior = torch.log(norms + 1e-6)
+        return self.attention(grid_a, grid_b, self.symmetric, prior)
 
     def forward(self, grid_a: torch.Tensor, grid_b: torch.Tensor) -> dict[str, torch.Tensor]:
         """Compare two faces' grid features [B, C, H, W].

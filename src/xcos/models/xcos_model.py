@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xcos.models.targets import read_checkpoint, state_dict_of
+from xcos.models.xcos_head import patch_cosine
 from xcos.registry import BACKBONES, HEADS, IDENTITY_HEADS, TARGETS
 
 
@@ -95,26 +96,33 @@ class XCosModel(nn.Module):
     def compare(
         self, faces_a: dict[str, torch.Tensor], faces_b: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """xCos comparison of two batches of descriptors (see ``XCosHead.forward``); with
-        ``cos`` = ``"embedding"``, ``cos`` is the cosine of the backbone's embeddings."""
+        """xCos comparison of two batches of descriptors (see ``XCosHead.forward``), plus
+        ``difference`` [B, h, w]: attention x (1 - patch cosine), how much each cell pulls the
+        xCos score down from a perfect match (it sums to ``1 - xcos``). With ``cos`` =
+        ``"embedding"``, ``cos`` is the cosine of the backbone's embeddings."""
         outputs = dict(self.head(faces_a["grid"], faces_b["grid"]))
+        outputs["difference"] = outputs["attention"] * (1.0 - outputs["patch_cosine"])
         if self.cos_source == "embedding":
             outputs["cos"] = embedding_cosine(faces_a["embedding"], faces_b["embedding"])
         return outputs
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        sides = ["a", "b", "perturbed"] if has_perturbed(batch) else ["a", "b"]
         if "features_a" in batch:  # cached outputs of the frozen backbone
             backbone_outputs = {
-                "features": torch.cat([batch["features_a"], batch["features_b"]]),
+                "features": torch.cat([batch[f"features_{side}"] for side in sides]),
             }
             if self.cos_source == "embedding":
-                embeddings = [batch["embedding_a"], batch["embedding_b"]]
+                embeddings = [batch[f"embedding_{side}"] for side in sides]
                 backbone_outputs["embedding"] = torch.cat(embeddings)
-        else:  # one backbone pass for both faces
-            images = torch.cat([batch["image_a"], batch["image_b"]])
+        else:  # one backbone pass for every face
+            images = torch.cat([batch[f"image_{side}"] for side in sides])
             backbone_outputs = self.backbone_outputs(images)
-        faces_a, faces_b = split_faces(self.describe(backbone_outputs))
+        faces = split_faces(self.describe(backbone_outputs), len(sides))
+        faces_a, faces_b = faces[0], faces[1]
         outputs = self.compare(faces_a, faces_b)
+        if len(faces) == 3:
+            outputs.update(self.compare_perturbed(faces_a, faces_b, faces[2]))
         if self.identity_head is not None and "identity_a" in batch:
             labels = torch.cat([batch["identity_a"], batch["identity_b"]])
             grids = torch.cat([faces_a["grid"], faces_b["grid"]])
@@ -123,6 +131,27 @@ class XCosModel(nn.Module):
         if self.target is not None:
             outputs["target_cos"] = self.target(batch, outputs)
         return outputs
+
+    def compare_perturbed(
+        self,
+        faces_a: dict[str, torch.Tensor],
+        faces_b: dict[str, torch.Tensor],
+        faces_perturbed: dict[str, torch.Tensor],
+    ) -> dict[str, torch.Tensor]:
+        """Outputs about B*, face B with a rectangle pasted or covered (``xcos.data.perturb``):
+        ``perturbed_patch_cosine`` [B, h, w], B against B* cell by cell (gradients reach both
+        grids, whatever ``detach_cosine``); ``perturbed_xcos`` [B], ``perturbed_attention``
+        and ``perturbed_difference`` (attention x (1 - patch cosine)) [B, h, w], A against
+        B*."""
+        against_a = self.head(faces_a["grid"], faces_perturbed["grid"])
+        against_b = self.head(faces_b["grid"], faces_perturbed["grid"])
+        return {
+            "perturbed_patch_cosine": patch_cosine(faces_b["grid"], faces_perturbed["grid"]),
+            "perturbed_xcos": against_a["xcos"],
+            "perturbed_attention": against_a["attention"],
+            "perturbed_difference": against_a["attention"] * (1.0 - against_a["patch_cosine"]),
+            "perturbed_self_difference": against_b["attention"] * (1.0 - against_b["patch_cosine"]),
+        }
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by part, for separate optimizers or parameter groups."""
@@ -151,12 +180,16 @@ def select_faces(faces: dict[str, torch.Tensor], index: Any) -> dict[str, torch.
     return {key: value[index] for key, value in faces.items()}
 
 
-def split_faces(
-    faces: dict[str, torch.Tensor],
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """First and second half of a batch of descriptors (the A and B faces of a pair batch)."""
-    half = next(iter(faces.values())).shape[0] // 2
-    return select_faces(faces, slice(None, half)), select_faces(faces, slice(half, None))
+def split_faces(faces: dict[str, torch.Tensor], parts: int = 2) -> list[dict[str, torch.Tensor]]:
+    """A batch of descriptors cut into ``parts`` equal blocks (the A and B faces of a pair
+    batch, and B* when there is one)."""
+    size = next(iter(faces.values())).shape[0] // parts
+    return [select_faces(faces, slice(k * size, (k + 1) * size)) for k in range(parts)]
+
+
+def has_perturbed(batch: dict[str, torch.Tensor]) -> bool:
+    """Whether the batch carries B* (``data.perturb``) as an image or cached outputs."""
+    return "image_perturbed" in batch or "features_perturbed" in batch
 
 
 def faces_to(faces: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
