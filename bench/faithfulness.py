@@ -1,28 +1,32 @@
-"""Faithfulness of explanation maps: deletion / insertion curves and the pointing game.
+"""Faithfulness of explanation maps, every method side by side (``xcos.explain.faithfulness``).
 
-Methods compared side by side on the same pairs and model: the xCos contribution map
-(patch cosine x attention), Grad-CAM, occlusion on the grid, a random map, and (for reference)
-the patch cosine map alone; every method explains the xCos score.
+Games with a known answer and curves that move the score, on one model:
 
-- Deletion: the grid cells are replaced, in both faces, by a blurred copy of the face, in the
-  order of the method's map (most similar cell first); the pair's xCos score is recomputed
-  after each step. Area under that curve (x from 0 to 1): lower = the map found the cells the
-  score rests on. Insertion: start from both faces blurred and put the cells back in the same
-  order; higher area = better. Run on same-person pairs (the scores that have something to
-  lose).
-- Pointing game, on SynthFaces one-region pairs (two renderings of one identity whose faces
-  differ in one region, with its box recorded by the generator): how often the cell with the
-  lowest value of the map (the least similar) has its centre inside the changed region.
+- swap game (``--pairs``, same-person pairs): one region of face B (left eye, right eye, nose,
+  mouth, from the model's alignment template) replaced by another person's; hit = the swap
+  moved the map's most different cell into the region from outside it;
+- pointing game (``--one-region``, SynthFaces one-region pairs), with the same rule;
+- deletion / insertion (``--pairs``): B's cells replaced by a donor's (another person), in the
+  map's order;
+- attention response (``--pairs``): covered cells of face B lose attention;
+- cost: backbone images and backward passes per pair, and milliseconds per pair on this CPU.
 
-    python bench/faithfulness.py -p saved/demo/checkpoints/best.pth \
-        --pairs data/synthfaces/synth_test.csv \
-        --one-region data/synthfaces/synth_test_one_region.csv [--count 60]
+Every method explains the xCos score, except ``decomposition`` (the exact split of the
+recognizer's own cosine). Example (SynthFaces demo model, then dlib on LFW View 1):
+
+    python bench/faithfulness.py -p saved/demo/checkpoints/best.pth \\
+        --pairs data/synthfaces/synth_test.csv \\
+        --one-region data/synthfaces/synth_test_one_region.csv --count 200
+    python bench/faithfulness.py -p saved/dlib/checkpoints/best.pth \\
+        --pairs ../shared/data/lfw/pairsDevTest.txt --count 200
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,149 +34,282 @@ import torch
 
 from xcos.data.images import read_rgb, to_tensor
 from xcos.explain.baselines import (
-    EXPLAINERS,
+    GradCAM,
     Occlusion,
-    PairExplanation,
+    RandomMap,
     XCosContribution,
+    XCosDifference,
+    XCosPatchCosine,
     compare_pairs,
+    default_layer,
     xcos_target,
 )
+from xcos.explain.decomposition import decompose, supports_decomposition
+from xcos.explain.faithfulness import (
+    GameResult,
+    OneRegionPair,
+    attention_drops,
+    deletion_insertion,
+    favourite_cell_share,
+    play_pointing_game,
+    play_swap_game,
+)
+from xcos.explain.regions import region_masks
 from xcos.explain.report import pair_set_for_model
 from xcos.explain.verifier import Verifier
+from xcos.models.geometry import grid_edges, pixel_spans
 
 
-class PatchCosine(XCosContribution):
-    """The patch cosine map alone (xCos without its attention weights), for comparison."""
+class Method:
+    """A difference method that counts its cost: backbone images, backward passes, seconds."""
 
-    name = "xcos_cosine"
+    def __init__(self, name: str, compute: Callable, backward: int = 0) -> None:
+        self.name, self.compute, self.backward = name, compute, backward
+        self.calls, self.seconds, self.images = 0, 0.0, 0
 
-    @torch.no_grad()
-    def _explain(self, model, image_a, image_b) -> PairExplanation:
-        outputs = compare_pairs(model, image_a, image_b)
-        return PairExplanation(
-            self.name, outputs["patch_cosine"][0].float().cpu().numpy(), float(outputs["xcos"][0])
+    def __call__(self, model, face_a: torch.Tensor, face_b: torch.Tensor) -> np.ndarray:
+        counter = default_layer(model).register_forward_hook(self._count)
+        start = time.perf_counter()
+        try:
+            return self.compute(model, face_a, face_b)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+            counter.remove()
+
+    def _count(self, module, args, output) -> None:
+        self.images += int(output.shape[0])
+
+    def cost(self) -> str:
+        calls = max(1, self.calls)
+        return (
+            f"{self.images / calls / 2:>8.1f}{self.backward:>10d}"
+            f"{self.seconds / calls * 1000:>12.1f}"
         )
 
 
-def read_rows(path: Path, count: int, label: int | None = None) -> list[dict[str, str]]:
-    """The first ``count`` rows of a pair CSV (with ``label`` only, when given)."""
+def explainer_method(name: str, explainer) -> Method:
+    backward = 1 if isinstance(explainer, GradCAM) else 0
+    return Method(name, lambda m, a, b: explainer.explain(m, a, b).difference, backward)
+
+
+def decomposition_method(model, face_a, face_b) -> np.ndarray:
+    return decompose(model, face_a, face_b)[1][0].cpu().numpy()
+
+
+def pixel_difference(model, face_a, face_b) -> np.ndarray:
+    """A control that reads no model: the mean absolute pixel difference of each cell. It
+    shows what a game rewards in plain pixel change (it knows nothing of the model)."""
+    spans = pixel_spans(grid_edges(model.backbone, face_a.shape[-1]))
+    change = (face_a - face_b).abs().sum(dim=1)[0]
+    return np.array([[float(change[y0:y1, x0:x1].mean()) for x0, x1 in spans] for y0, y1 in spans])
+
+
+def build_methods(model) -> dict[str, Method]:
+    """Every method, each explaining the xCos score (``decomposition``: the model's cosine)."""
+    explainers = {
+        "xcos_contribution": XCosContribution(),
+        "xcos_difference": XCosDifference(),
+        "xcos_patch_cosine": XCosPatchCosine(),
+        "gradcam": GradCAM(target=lambda out: 1.0 - out["xcos"], higher="different"),
+        "occlusion_blur": Occlusion(target=xcos_target, fill="blur"),
+        "occlusion_mean": Occlusion(target=xcos_target, fill="mean"),
+        "occlusion_other": Occlusion(target=xcos_target, fill="other"),
+        "random": RandomMap(seed=0),
+    }
+    methods = {name: explainer_method(name, e) for name, e in explainers.items()}
+    if supports_decomposition(model):
+        methods["decomposition"] = Method("decomposition", decomposition_method)
+    methods["pixel_difference"] = Method("pixel_difference", pixel_difference)
+    return methods
+
+
+def same_person_pairs(pair_set, count: int, size: int, seed: int = 0):
+    """(A, B, donor) faces [1, 3, S, S] of the first ``count`` same-person pairs; the donor is
+    a face of a different-person pair whose people are neither A's nor B's (when names are
+    known)."""
+    rng = np.random.default_rng(seed)
+    names = pair_set.extra
+    same = np.flatnonzero(pair_set.labels == 1)[:count]
+    different = np.flatnonzero(pair_set.labels == 0)
+    triples = []
+    for index in same:
+        while True:
+            donor_pair = int(rng.choice(different))
+            if not names or names["name_b"][donor_pair] != names["name_a"][index]:
+                break
+        image_a, image_b = pair_set.pairs[index]
+        donor = pair_set.pairs[donor_pair][1]
+        triples.append(
+            tuple(to_tensor(pair_set.image(int(j), size))[None] for j in (image_a, image_b, donor))
+        )
+    return triples
+
+
+def one_region_pairs(path: Path, count: int, size: int) -> list[OneRegionPair]:
+    """The first ``count`` pairs of a SynthFaces one-region CSV, at the model's input size."""
     with path.open(newline="") as stream:
-        rows = [r for r in csv.DictReader(stream) if label is None or int(r["label"]) == label]
-    return rows[:count]
+        rows = list(csv.DictReader(stream))[:count]
+    return [
+        OneRegionPair(
+            *(
+                to_tensor(read_rgb(path.parent / row[key], size))[None]
+                for key in ("path_a", "path_b")
+            ),
+            row["region"],
+        )
+        for row in rows
+    ]
 
 
-def load_pair(row: dict[str, str], root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return tuple(to_tensor(read_rgb(root / row[key], size))[None] for key in ("path_a", "path_b"))
+def score_fn(model) -> Callable:
+    @torch.no_grad()
+    def scores(faces_a: torch.Tensor, faces_b: torch.Tensor) -> dict[str, float]:
+        out = compare_pairs(model, faces_a, faces_b)
+        return {"xcos": float(out["xcos"][0]), "cos": float(out["cos"][0])}
+
+    return scores
 
 
-def combined_map(explanation) -> np.ndarray:
-    """One [h, w] map per pair: methods that explain each face separately are summed."""
-    if explanation.map_b is None:
-        return explanation.map
-    return explanation.map + explanation.map_b
+def print_game(title: str, results: dict[str, GameResult], chance: dict[str, list[float]]) -> None:
+    regions = list(chance)
+    print(f"\n{title}")
+    print(f"{'method':<20}{'all':>8}" + "".join(f"{r:>11}" for r in regions))
+    for name, result in results.items():
+        print(
+            f"{name:<20}{result.rate() * 100:>7.1f}%"
+            + "".join(f"{result.rate(r) * 100:>10.1f}%" for r in regions)
+        )
+    overall = np.mean([c for values in chance.values() for c in values])
+    print(
+        f"{'chance (random map)':<20}{overall * 100:>7.1f}%"
+        + "".join(f"{np.mean(chance[r]) * 100:>10.1f}%" for r in regions)
+    )
+    counts = "".join(f"{len(chance[r]):>11d}" for r in regions)
+    print(f"{'pairs':<20}{sum(len(v) for v in chance.values()):>8d}" + counts)
 
 
-def progressive(
-    start: torch.Tensor, source: torch.Tensor, order: np.ndarray, height: int, width: int
-) -> torch.Tensor:
-    """[h*w + 1, 3, S, S]: ``start`` with the cells of ``order`` copied from ``source`` one by
-    one (step 0: none)."""
-    size = start.shape[2]
-    rows = [round(i * size / height) for i in range(height + 1)]
-    cols = [round(j * size / width) for j in range(width + 1)]
-    faces, current = [start[0]], start[0].clone()
-    for cell in order:
-        i, j = divmod(int(cell), width)
-        window = (slice(None), slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1]))
-        current = current.clone()
-        current[window] = source[0][window]
-        faces.append(current)
-    return torch.stack(faces)
+def occluder_cells(grid: int, count: int, seed: int = 1) -> list[np.ndarray]:
+    """Random blocks of one to two cells on a side to cover, inside the face's inner cells
+    (the outer ring is background or hair on both templates)."""
+    rng = np.random.default_rng(seed)
+    blocks = []
+    for _ in range(count):
+        rows, cols = (int(rng.integers(1, 3)) for _ in range(2))
+        top, left = int(rng.integers(1, grid - rows)), int(rng.integers(1, grid - cols))
+        cells = np.zeros((grid, grid), dtype=bool)
+        cells[top : top + rows, left : left + cols] = True
+        blocks.append(cells)
+    return blocks
 
 
-@torch.no_grad()
-def curves(model, image_a, image_b, order, height, width) -> tuple[np.ndarray, np.ndarray]:
-    """xCos along the deletion and the insertion of the cells in ``order``."""
-    cell = max(1, image_a.shape[2] // height)
-    blur_a, blur_b = (Occlusion(fill="blur").filled(x, cell) for x in (image_a, image_b))
-    deletion = compare_pairs(
-        model,
-        progressive(image_a, blur_a, order, height, width),
-        progressive(image_b, blur_b, order, height, width),
-    )["xcos"]
-    insertion = compare_pairs(
-        model,
-        progressive(blur_a, image_a, order, height, width),
-        progressive(blur_b, image_b, order, height, width),
-    )["xcos"]
-    return deletion.float().cpu().numpy(), insertion.float().cpu().numpy()
+def print_swap_cases(game) -> None:
+    """Why swaps hit or miss: how much each swap lowered the scores, and per method how often
+    the unmodified pair's most different cell was already in the region (no hit possible) and
+    how often the map rose the most in the region."""
+    print("\nmean score drop per swap (unmodified minus swapped):")
+    for region, drops in game.drops.items():
+        print(f"  {region:<10} " + "  ".join(f"{k} {np.mean(v):.4f}" for k, v in drops.items()))
+    print(
+        f"{'per case':<20}{'already inside':>16}{'hits / eligible':>17}"
+        f"{'rose most inside':>18}{'favourite cell':>16}"
+    )
+    for name, result in game.results.items():
+        inside = game.already_inside[name].rate()
+        eligible = result.rate() / max(1e-9, 1.0 - inside)
+        rose = game.changed_most_inside[name].rate()
+        favourite = favourite_cell_share(game.original_cells[name])
+        print(
+            f"{name:<20}{inside * 100:>15.1f}%{eligible * 100:>16.1f}%{rose * 100:>17.1f}%"
+            f"{favourite * 100:>15.1f}%"
+        )
 
 
-def area(curve: np.ndarray) -> float:
-    """Area under a curve sampled at equal steps from 0 to 1 (trapezoids)."""
-    return float(((curve[1:] + curve[:-1]) / 2).mean())
+def print_curves(model, triples, methods: dict[str, Method], spans) -> None:
+    """Deletion / insertion AUCs of every method, B's cells replaced by the donor's."""
+
+    def batch_scores(faces_a, faces_b):
+        return compare_pairs(model, faces_a, faces_b)["xcos"].float().cpu().numpy()
+
+    print(f"\ndeletion / insertion, B's cells replaced by a donor's: {len(triples)} pairs")
+    print(f"{'method':<20}{'deletion (lower)':>18}{'insertion (higher)':>20}")
+    for name, method in methods.items():
+        curves = [
+            deletion_insertion(batch_scores, a, b, donor, method(model, a, b), spans)
+            for a, b, donor in triples
+        ]
+        deletion, insertion = np.mean(curves, axis=0)
+        print(f"{name:<20}{deletion:>18.4f}{insertion:>20.4f}")
 
 
-def pointing_hit(explanation_map: np.ndarray, row: dict[str, str], image_size: int) -> bool:
-    """Whether the least-similar cell's centre lies in the changed region's box."""
-    height, width = explanation_map.shape
-    i, j = np.unravel_index(int(np.argmin(explanation_map)), explanation_map.shape)
-    x, y = (j + 0.5) * image_size / width, (i + 0.5) * image_size / height
-    return float(row["x0"]) <= x < float(row["x1"]) and float(row["y0"]) <= y < float(row["y1"])
+def attention_response(model, triples, spans) -> float:
+    """Share of pairs whose covered cells (a random block of B, flat grey) lose attention."""
+    blocks = occluder_cells(model.backbone.grid_size, len(triples))
+
+    def attention(face_a, face_b):
+        return compare_pairs(model, face_a, face_b)["attention"][0].float().cpu().numpy()
+
+    drops = [
+        attention_drops(attention, a, b, cells, spans)
+        for (a, b, _), cells in zip(triples, blocks, strict=True)
+    ]
+    return float(np.mean(drops))
+
+
+def run(args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    model = Verifier.from_checkpoint(args.pretrained, threshold=0.0, device="cpu").model
+    size = model.input_size
+    edges = grid_edges(model.backbone, size)
+    if args.equal_cells:  # where a drawing on equal squares would claim the cells are
+        edges = np.linspace(0.0, size, model.backbone.grid_size + 1)
+    spans = pixel_spans(edges)
+    methods = build_methods(model)
+    if args.methods:
+        methods = {name: methods[name] for name in args.methods}
+    print(f"model {args.pretrained}, input {size}, template {model.face_template}")
+    if args.one_region:
+        pairs = one_region_pairs(Path(args.one_region), args.count, size)
+        results, chance = play_pointing_game(model, pairs, spans, methods)
+        title = f"pointing game: {len(pairs)} one-region pairs of {args.one_region}"
+        print_game(title, results, chance)
+    if args.pairs:
+        pair_set = pair_set_for_model(args.pairs, model)
+        triples = same_person_pairs(pair_set, args.swap_count or args.count, size)
+        masks = region_masks(model.face_template, size)
+        game = play_swap_game(model, triples, masks, spans, methods, score_fn(model))
+        title = f"swap game: {len(triples)} same-person pairs of {pair_set.name}"
+        print_game(title, game.results, game.chance)
+        print_swap_cases(game)
+        if args.curve_count:
+            print_curves(model, triples[: args.curve_count], methods, spans)
+        share = attention_response(model, triples, spans)
+        print(
+            f"\nattention response: covered cells lose attention in {share * 100:.1f}% of "
+            f"{len(triples)} occluded pairs"
+        )
+    print(f"\n{'cost per pair':<20}{'images':>8}{'backward':>10}{'ms (CPU)':>12}")
+    for name, method in methods.items():
+        print(f"{name:<20}{method.cost()}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
-    parser.add_argument(
-        "--pairs", required=True, help="a pair set (CSV, pack, .bin, LFW .txt): same-person pairs"
-    )
+    parser.add_argument("--pairs", help="a pair set with same-person pairs (CSV, pack, LFW .txt)")
     parser.add_argument("--one-region", help="SynthFaces one-region pairs CSV (pointing game)")
-    parser.add_argument("--count", type=int, default=60, help="pairs of each kind")
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    model = Verifier.from_checkpoint(args.pretrained, threshold=0.0, device="cpu").model
-    size = model.input_size
-    explainers = {**EXPLAINERS, PatchCosine.name: PatchCosine}
-    methods = {name: cls(target=xcos_target) for name, cls in explainers.items()}
-    deletion: dict[str, list[float]] = {name: [] for name in methods}
-    insertion: dict[str, list[float]] = {name: [] for name in methods}
-    hits: dict[str, list[bool]] = {name: [] for name in methods}
-    pair_set = pair_set_for_model(args.pairs, model)
-    for index in np.flatnonzero(pair_set.labels == 1)[: args.count]:
-        image_a, image_b = (
-            to_tensor(pair_set.image(int(j), size))[None] for j in pair_set.pairs[index]
-        )
-        for name, method in methods.items():
-            explanation = combined_map(method.explain(model, image_a, image_b))
-            order = np.argsort(-explanation, axis=None, kind="stable")
-            down, up = curves(model, image_a, image_b, order, *explanation.shape)
-            deletion[name].append(area(down))
-            insertion[name].append(area(up))
-    if args.one_region:
-        regions_csv = Path(args.one_region)
-        for row in read_rows(regions_csv, args.count):
-            image_a, image_b = load_pair(row, regions_csv.parent, size)
-            scale = size / read_rgb(regions_csv.parent / row["path_a"]).shape[0]
-            scaled = {k: str(float(row[k]) * scale) for k in ("x0", "y0", "x1", "y1")}
-            for name, method in methods.items():
-                explanation = combined_map(method.explain(model, image_a, image_b))
-                hits[name].append(pointing_hit(explanation, scaled, size))
-    height, width = explanation.shape
-    print(f"model {args.pretrained}, grid {height}x{width}, score explained: xCos")
-    print(f"deletion/insertion: {len(deletion['xcos'])} same-person pairs of {pair_set.name}")
-    if args.one_region:
-        print(f"pointing game: {len(hits['xcos'])} one-region pairs of {regions_csv.name}")
-    print(
-        f"{'method':<12}{'deletion AUC (lower)':>22}{'insertion AUC (higher)':>24}"
-        f"{'pointing game':>16}"
+    parser.add_argument("--count", type=int, default=200, help="pairs per game")
+    parser.add_argument("--swap-count", type=int, help="pairs of the swap game (default --count)")
+    parser.add_argument("--curve-count", type=int, default=50, help="pairs for the curves")
+    parser.add_argument("--methods", nargs="*", help="only these methods")
+    parser.add_argument(
+        "--equal-cells",
+        action="store_true",
+        help="judge the games on equal square cells instead of where the backbone's cells sit",
     )
-    for name in methods:
-        pointing = f"{np.mean(hits[name]) * 100:>15.1f}%" if hits[name] else f"{'-':>16}"
-        print(
-            f"{name:<12}{np.mean(deletion[name]):>22.4f}{np.mean(insertion[name]):>24.4f}"
-            + pointing
-        )
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    run(parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -156,11 +156,11 @@ def test_occlusion_matches_one_cell_occluded_by_hand(model, pair):
     explainer = Occlusion(fill="mean", batch_size=5)  # splits the 16 cells unevenly
     explanation = explainer.explain(model, *pair)
     assert np.abs(explanation.map).max() > 0
-    cell = SIZE // 4
+    # IR cells are centred on pixels 16o (+0.5): cell (1, 2) spans rows 8..23, columns 24..39
     occluded = []
     for face in pair:
         face = face.clone()
-        face[:, cell : 2 * cell, 2 * cell : 3 * cell] = face.mean(dim=(1, 2), keepdim=True)
+        face[:, 8:24, 24:40] = face.mean(dim=(1, 2), keepdim=True)
         occluded.append(face)
     with torch.no_grad():
         faces_a, faces_b = split_faces(model.embed(torch.stack(occluded)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.conftest import REPO
@@ -26,3 +28,7 @@ def test_notebook_executes_and_draws_both_figures(tiny_checkpoint, tiny_synth, m
     assert len(images) == 2  # the paper layout and the overlay
     printed = "".join(out.get("text", "") for out in outputs)
     assert "xCos" in printed and "threshold" in printed
+    assert "difference:" in printed
+    assert re.search(
+        r"most different cells \(highest first\): (\(\d, \d\)(, )?){3}$", printed, re.M
+    )

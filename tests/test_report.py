@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import re
 from html.parser import HTMLParser
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from xcos import Verifier
 from xcos.cli import main
 from xcos.explain.report import pick_pairs
 
@@ -63,6 +66,24 @@ def test_report_is_a_self_contained_folder(checkpoint, tiny_synth, tmp_path, cap
     for heading in ("false accepts", "false rejects", "correct decisions"):
         assert heading in text
     assert len(page.images) <= 3 + 3 + 2
+    check_most_different_cells(checkpoint, tiny_synth, (out / "index.html").read_text())
+
+
+def check_most_different_cells(checkpoint, tiny_synth, page: str) -> None:
+    """Each entry names its 3 most different cells, and they are the top of the pair's
+    difference map (recomputed with the Verifier on the pair's faces)."""
+    entries = re.findall(r"pair (\d+): xCos.*?<p>most different cells: ([^<]*)</p>", page)
+    assert entries and len(entries) == page.count("<img ")
+    verifier = Verifier.from_checkpoint(checkpoint, threshold=0.5, device="cpu")
+    pairs = list(csv.DictReader((tiny_synth / "synth_val.csv").open()))
+    for pair, named in entries[:2]:
+        cells = [tuple(map(int, cell)) for cell in re.findall(r"\((\d+), (\d+)\)", named)]
+        assert len(cells) == 3 and named == ", ".join(f"({r}, {c})" for r, c in cells)
+        row = pairs[int(pair)]
+        paths = [tiny_synth / row[key] for key in ("path_a", "path_b")]
+        difference = verifier.explain(*paths).difference
+        values = [difference[cell] for cell in cells]
+        assert values == pytest.approx(np.sort(difference.ravel())[::-1][:3], abs=1e-5)
 
 
 def test_report_needs_a_threshold(checkpoint, tiny_synth, tmp_path, capsys):

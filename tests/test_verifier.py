@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from matplotlib.collections import QuadMesh
 from PIL import Image
 
 from xcos import Verifier
@@ -32,8 +33,31 @@ def test_explain_fields_and_threshold_from_the_checkpoint(checkpoint, tiny_synth
     assert np.allclose(result.contribution, result.patch_cosine * result.attention)
     assert result.contribution.sum() == pytest.approx(result.score, abs=1e-5)
     assert result.faces[0].shape == (64, 64, 3) and result.faces[0].dtype == np.uint8
+    assert np.allclose(result.difference, result.attention * (1 - result.patch_cosine))
+    assert result.difference.sum() == pytest.approx(1 - result.score, abs=1e-5)
+    assert np.allclose(result.cell_edges, [0, 8.5, 24.5, 40.5, 64])  # IR cells: 16o + 0.5
     figure = result.figure()
-    assert len(figure.axes) >= 4
+    titles = [axis.get_title() for axis in figure.axes if axis.get_title()]
+    assert titles[-1] == "difference (pulls the score down)" and len(titles) == 5
+
+
+def check_most_different(saved: dict) -> None:
+    """``most_different_cells``: the 3 cells of the highest difference, highest first."""
+    difference = np.array(saved["difference"])
+    cells = saved["most_different_cells"]
+    assert len(cells) == 3 and len({tuple(cell) for cell in cells}) == 3
+    values = [difference[row, column] for row, column in cells]
+    assert values == sorted(values, reverse=True)
+    assert values == pytest.approx(np.sort(difference.ravel())[::-1][:3].tolist())
+
+
+def test_as_dict_has_the_difference_and_the_most_different_cells(checkpoint, tiny_synth):
+    verifier = Verifier.from_checkpoint(checkpoint, device="cpu")
+    result = verifier.explain(*faces(tiny_synth))
+    saved = result.as_dict()
+    assert np.allclose(saved["difference"], result.difference)
+    assert saved["most_different_cells"] == result.most_different_cells
+    check_most_different(json.loads(json.dumps(saved)))
 
 
 def test_inputs_as_paths_pil_arrays_tensors_and_grayscale(checkpoint, tiny_synth):
@@ -77,6 +101,9 @@ def test_explain_command_writes_figure_and_json(checkpoint, tiny_synth, tmp_path
     saved = json.loads((tmp_path / "pair.json").read_text())
     assert set(saved) >= {"score", "same", "threshold", "patch_cosine", "attention", "contribution"}
     assert saved["threshold"] == 0.25 and len(saved["patch_cosine"]) == 4
+    assert np.array(saved["difference"]).shape == (4, 4)
+    assert np.sum(saved["difference"]) == pytest.approx(1 - saved["score"], abs=1e-5)
+    check_most_different(saved)
     assert Image.open(tmp_path / "pair.png").size[0] > 300
     assert "threshold 0.2500" in capsys.readouterr().out
 
@@ -108,17 +135,19 @@ def test_overlay_layout_blends_both_maps_over_both_faces(checkpoint, tiny_synth,
     figure = result.figure("overlay")
     panels = [axis for axis in figure.axes if axis.get_title()]
     titles = sorted(axis.get_title() for axis in panels)
-    assert titles == sorted(
-        f"{name} over face {side}" for name in ("patch cosine", "attention") for side in "AB"
-    )
+    names = ("patch cosine", "attention", "difference")
+    assert titles == sorted(f"{name} over face {side}" for name in names for side in "AB")
     for axis in panels:
-        face, overlay = axis.get_images()
+        (face,) = axis.get_images()
         assert face.get_array().shape == (64, 64, 3)  # the aligned face
-        assert overlay.get_array().shape == (4, 4)  # the map, upsampled when drawn
+        (overlay,) = [c for c in axis.collections if isinstance(c, QuadMesh)]
+        assert overlay.get_array().shape == (4, 4)  # the map, one flat colour per cell
+        assert np.allclose(overlay.get_coordinates()[0, :, 0], result.cell_edges)
         assert 0 < overlay.get_alpha() < 1
     cosine_panel = next(a for a in panels if a.get_title().startswith("patch"))
-    assert cosine_panel.get_images()[1].get_clim() == (-1.0, 1.0)
-    assert len(figure.axes) == 6  # four panels and one colour bar per row
+    norm = next(c for c in cosine_panel.collections if isinstance(c, QuadMesh)).norm
+    assert norm.vcenter == pytest.approx(result.threshold)  # centred on what decides
+    assert len(figure.axes) == 9  # six panels and one colour bar per row
     figure.savefig(tmp_path / "overlay.png")
     with pytest.raises(ValueError, match="layout"):
         result.figure("sideways")

@@ -68,7 +68,8 @@ class RunLog:
             csv.writer(handle).writerow([row.get(column, "") for column in self._columns])
 
     def maps(self, model, pair_set, device, epoch: int) -> None:
-        """Figures of a few validation pairs' patch-cosine and attention maps."""
+        """Figures of a few validation pairs' patch-cosine, attention and difference maps,
+        each cell on its real pixels (``explain_pairs`` gives the maps and the cell edges)."""
         if self.writer is None or self.cfg.tensorboard_images <= 0:
             return
         from xcos.evaluation.evaluator import explain_pairs, pick_examples

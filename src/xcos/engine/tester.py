@@ -99,7 +99,9 @@ def write_scores(result: PairSetResult, path: Path) -> None:
 def write_figures(
     model, result: PairSetResult, folder: Path, device: torch.device, count: int
 ) -> list[Path]:
-    """Explanation figures of ``count`` pairs (same and different alternating)."""
+    """Explanation figures of ``count`` pairs (same and different alternating): patch
+    cosine centred on the threshold, attention and difference, the most different cells
+    outlined, each cell on its real pixels (``explain_pairs`` gives the maps and edges)."""
     if count <= 0:
         return []
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,14 @@ from torch.utils.data import DataLoader, Dataset
 from xcos.data.images import to_tensor
 from xcos.data.pair_sets import PairSet
 from xcos.engine.distributed import Distributed
+from xcos.models.geometry import grid_edges
 from xcos.models.xcos_model import faces_to, select_faces
 from xcos.registry import METRICS
 
 SCORE_KEYS = ("xcos", "cos")
+#: The maps kept for explanations: the patch cosine, the attention and the difference
+#: (attention x (1 - patch cosine): where the two faces differ), each [h, w] per pair.
+MAP_KEYS = ("patch_cosine", "attention", "difference")
 
 
 class _Images(Dataset):
@@ -127,9 +131,9 @@ def compare_pairs(
     batch_size: int = 256,
     keep_maps: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Scores of every pair (and, with ``keep_maps``, the patch-cosine and attention maps)."""
+    """Scores [N] of every pair (and, with ``keep_maps``, the ``MAP_KEYS`` maps [N, h, w])."""
     results: dict[str, list[np.ndarray]] = {}
-    keys = (*SCORE_KEYS, "patch_cosine", "attention") if keep_maps else SCORE_KEYS
+    keys = (*SCORE_KEYS, *MAP_KEYS) if keep_maps else SCORE_KEYS
     for start in range(0, len(pairs), batch_size):
         chunk = torch.as_tensor(pairs[start : start + batch_size])
         faces_a = faces_to(select_faces(faces, chunk[:, 0]), device)
@@ -275,7 +279,9 @@ def explain_pairs(
     device: torch.device,
     image_size: int | None = None,
 ) -> list[dict[str, Any]]:
-    """For each pair index: faces, maps and scores, as numpy values (for figures and logs)."""
+    """For each pair index: faces [S, S, 3], maps [h, w] (``MAP_KEYS``), scores, and the
+    cells' pixel ``edges`` [h + 1] on the faces (``geometry.grid_edges``), as numpy values
+    (for figures and logs)."""
     if not indices:
         return []
     was_training = model.training
@@ -286,14 +292,16 @@ def explain_pairs(
         out = compare_faces(model, faces, device)
     finally:
         model.train(was_training)
+    edges = grid_edges(model.backbone, size)
     return [
         {
             "pair": index,
             "face_a": faces[2 * k],
             "face_b": faces[2 * k + 1],
             "label": int(pair_set.labels[index]),
-            **{key: out[key][k].cpu().numpy() for key in ("patch_cosine", "attention")},
+            **{key: out[key][k].float().cpu().numpy() for key in MAP_KEYS},
             **{key: float(out[key][k]) for key in SCORE_KEYS},
+            "edges": edges,
         }
         for k, index in enumerate(indices)
     ]

@@ -1,7 +1,10 @@
 """Baseline explanations of one face pair, behind one interface, to compare with the xCos maps.
 
 Every explainer maps ``(model, image_a, image_b)`` to a ``PairExplanation``: an ``[h, w]`` map on
-the model's xCos grid (higher = the cell makes the two faces MORE similar) and the explained score.
+the model's xCos grid and the explained score. A map reads one of two ways (``higher``):
+``"similar"`` (higher = the cell makes the two faces MORE similar: the contribution, occlusion) or
+``"different"`` (higher = the cell pulls the score down more: the xCos difference map);
+``PairExplanation.difference`` gives every map in the second reading, for comparing them.
 What is explained is a *target*, a callable from the model's comparison dict (``patch_cosine``,
 ``attention`` [B, h, w]; ``xcos``, ``cos`` [B]) to a score [B]; the default is the plain cosine.
 
@@ -10,8 +13,12 @@ manager to keep its hooks for several pairs (``__exit__`` removes them all), or 
 alone, which removes whatever it added before returning. The model is put in eval mode during
 ``explain`` and its training flag restored afterwards. Only Grad-CAM computes gradients.
 
-Methods (``EXPLAINERS``): ``xcos`` (patch cosine x attention, the model's own explanation),
-``gradcam`` (the paper's baseline), ``occlusion`` (grid-cell sensitivity), ``random`` (a control).
+Methods (``EXPLAINERS``): the xCos maps, read three ways: ``xcos`` (the contribution, patch cosine
+x attention, which sums to the score), ``difference`` (attention x (1 - patch cosine): where a cell
+pulls the score down), ``patch_cosine`` (the cosine map alone); ``decomposition`` (the exact share
+of each cell in the recognizer's own cosine, for backbones whose embedding is linear in the
+cells, see ``xcos.explain.decomposition``); ``gradcam`` (the paper's baseline), ``occlusion``
+(grid-cell sensitivity) and ``random`` (a control).
 """
 
 from __future__ import annotations
@@ -25,7 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcos.models.geometry import grid_edges, pixel_spans
 from xcos.models.xcos_model import split_faces
+
+Spans = list[tuple[int, int]]
 
 Target = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
@@ -44,15 +54,24 @@ def xcos_target(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
 class PairExplanation:
     """One method's explanation of one pair.
 
-    ``map``: [h, w] float, higher = the cell makes the faces more similar (face A's map for
-    methods that explain each face separately, whose face-B map is ``map_b``).
+    ``map``: [h, w] float (face A's map for methods that explain each face separately, whose
+    face-B map is ``map_b``).
     ``score``: the explained score of the un-modified pair.
+    ``higher``: ``"similar"`` or ``"different"``: what a high value of the map means.
     """
 
     method: str
     map: np.ndarray
     score: float
     map_b: np.ndarray | None = None
+    higher: str = "similar"
+
+    @property
+    def difference(self) -> np.ndarray:
+        """The map read as "higher = more different" [h, w] (face A's and face B's maps summed
+        for methods that explain each face)."""
+        combined = self.map if self.map_b is None else self.map + self.map_b
+        return combined if self.higher == "different" else -combined
 
 
 def as_batch(image: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -81,9 +100,14 @@ class PairExplainer:
     """
 
     name = "base"
+    higher = "similar"
 
-    def __init__(self, target: Target | None = None) -> None:
+    def __init__(self, target: Target | None = None, higher: str | None = None) -> None:
+        if higher not in (None, "similar", "different"):
+            raise ValueError(f"higher: expected 'similar' or 'different', got {higher!r}")
         self.target = target if target is not None else cosine_target
+        if higher is not None:  # e.g. Grad-CAM of a dissimilarity target reads "different"
+            self.higher = higher
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._open = False
 
@@ -136,10 +160,48 @@ class XCosContribution(PairExplainer):
     @torch.no_grad()
     def _explain(self, model: Any, image_a: torch.Tensor, image_b: torch.Tensor) -> PairExplanation:
         outputs = compare_pairs(model, image_a, image_b)
-        contribution = (outputs["patch_cosine"] * outputs["attention"])[0]
         return PairExplanation(
-            self.name, contribution.float().cpu().numpy(), float(outputs["xcos"][0])
+            self.name,
+            self.reading(outputs)[0].float().cpu().numpy(),
+            float(outputs["xcos"][0]),
+            higher=self.higher,
         )
+
+    @staticmethod
+    def reading(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The map [B, h, w] this reading takes from the comparison dict."""
+        return outputs["patch_cosine"] * outputs["attention"]
+
+
+class XCosDifference(XCosContribution):
+    """Where a cell pulls the xCos score down: ``attention * (1 - patch_cosine)`` [h, w].
+
+    It sums to ``1 - xcos``. A low-attention cell has a small contribution whatever its cosine,
+    so the lowest contribution is not where the faces differ; this is.
+    """
+
+    name = "difference"
+    higher = "different"
+
+    @staticmethod
+    def reading(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return difference_map(outputs["patch_cosine"], outputs["attention"])
+
+
+class XCosPatchCosine(XCosContribution):
+    """The patch cosine map alone (xCos without its attention weights) [h, w]."""
+
+    name = "patch_cosine"
+
+    @staticmethod
+    def reading(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return outputs["patch_cosine"]
+
+
+def difference_map(patch_cosine: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """``attention * (1 - patch_cosine)`` [B, h, w]: how much each cell pulls the score down
+    from a perfect match (the maps sum to ``1 - xcos``)."""
+    return attention * (1.0 - patch_cosine)
 
 
 class RandomMap(PairExplainer):
@@ -190,8 +252,13 @@ class GradCAM(PairExplainer):
 
     name = "gradcam"
 
-    def __init__(self, target: Target | None = None, layer: nn.Module | None = None) -> None:
-        super().__init__(target)
+    def __init__(
+        self,
+        target: Target | None = None,
+        layer: nn.Module | None = None,
+        higher: str | None = None,
+    ) -> None:
+        super().__init__(target, higher)
         self.layer = layer
         self._hooked: nn.Module | None = None
         self._activation: torch.Tensor | None = None
@@ -236,15 +303,20 @@ class GradCAM(PairExplainer):
         weights = gradient.mean(dim=(2, 3), keepdim=True)
         cams = F.relu((weights * activation.detach()).sum(dim=1)).float().cpu().numpy()
         self._activation = None
-        return PairExplanation(self.name, cams[0], float(score[0].detach()), map_b=cams[1])
+        return PairExplanation(
+            self.name, cams[0], float(score[0].detach()), map_b=cams[1], higher=self.higher
+        )
 
 
 class Occlusion(PairExplainer):
     """Grid-cell occlusion: map[i, j] = score - score with cell (i, j) filled in BOTH faces.
 
-    Cells are the image patches under the xCos grid's cells (S/h pixels). ``fill="blur"``
-    replaces the patch with a box-blurred copy of the face, ``"mean"`` with the face's mean
-    colour. All h*w occluded pairs are scored in batches of ``batch_size``, without gradients.
+    Cells are the pixels the backbone's grid cells sit on (``xcos.models.geometry``).
+    ``fill="blur"`` replaces them with a box-blurred copy of the face, ``"mean"`` with the
+    face's mean colour. ``fill="other"`` is counterfactual: the cell of each face is replaced
+    by the same cell of the other face, one face at a time (2*h*w pairs), and the two drops
+    are averaged: how much the score would rise if the faces agreed there. All occluded pairs
+    are scored in batches of ``batch_size``, without gradients.
     """
 
     name = "occlusion"
@@ -252,12 +324,12 @@ class Occlusion(PairExplainer):
     def __init__(
         self,
         target: Target | None = None,
-        fill: Literal["blur", "mean"] = "blur",
+        fill: Literal["blur", "mean", "other"] = "blur",
         batch_size: int = 64,
     ) -> None:
         super().__init__(target)
-        if fill not in ("blur", "mean"):
-            raise ValueError(f"fill must be 'blur' or 'mean', got {fill!r}")
+        if fill not in ("blur", "mean", "other"):
+            raise ValueError(f"fill must be 'blur', 'mean' or 'other', got {fill!r}")
         self.fill = fill
         self.batch_size = batch_size
 
@@ -269,16 +341,13 @@ class Occlusion(PairExplainer):
         return F.avg_pool2d(image, kernel, 1, kernel // 2, count_include_pad=False)
 
     @staticmethod
-    def occluded(image: torch.Tensor, fill: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """[h*w, 3, S, S]: the face with cell k (row-major) replaced by ``fill``."""
-        size_y, size_x = image.shape[2:]
-        rows = [round(i * size_y / height) for i in range(height + 1)]
-        cols = [round(j * size_x / width) for j in range(width + 1)]
-        faces = image.repeat(height * width, 1, 1, 1)
-        for i in range(height):
-            for j in range(width):
-                window = (slice(rows[i], rows[i + 1]), slice(cols[j], cols[j + 1]))
-                faces[i * width + j, :, window[0], window[1]] = fill[0, :, window[0], window[1]]
+    def occluded(image: torch.Tensor, fill: torch.Tensor, spans: Spans) -> torch.Tensor:
+        """[h*w, 3, S, S]: the face with cell k (row-major; pixels from ``spans``) replaced
+        by ``fill``."""
+        faces = image.repeat(len(spans) ** 2, 1, 1, 1)
+        for i, (y0, y1) in enumerate(spans):
+            for j, (x0, x1) in enumerate(spans):
+                faces[i * len(spans) + j, :, y0:y1, x0:x1] = fill[0, :, y0:y1, x0:x1]
         return faces
 
     @torch.no_grad()
@@ -286,10 +355,26 @@ class Occlusion(PairExplainer):
         outputs = compare_pairs(model, image_a, image_b)
         score = self._score(outputs)[0]
         height, width = outputs["patch_cosine"].shape[1:]
-        cell = max(1, image_a.shape[2] // height)
-        faces_a = self.occluded(image_a, self.filled(image_a, cell), height, width)
-        faces_b = self.occluded(image_b, self.filled(image_b, cell), height, width)
-        scores = torch.cat(
+        spans = pixel_spans(grid_edges(model.backbone, image_a.shape[-1]))
+        if self.fill == "other":
+            cells = height * width
+            plain_a, plain_b = image_a.expand(cells, -1, -1, -1), image_b.expand(cells, -1, -1, -1)
+            pairs = [
+                (plain_a, self.occluded(image_b, image_a, spans)),
+                (self.occluded(image_a, image_b, spans), plain_b),
+            ]
+            scores = torch.stack([self._scores(model, a, b) for a, b in pairs]).mean(dim=0)
+        else:
+            cell = max(1, image_a.shape[2] // height)
+            faces_a = self.occluded(image_a, self.filled(image_a, cell), spans)
+            faces_b = self.occluded(image_b, self.filled(image_b, cell), spans)
+            scores = self._scores(model, faces_a, faces_b)
+        drop = (score - scores).reshape(height, width)
+        return PairExplanation(self.name, drop.cpu().numpy(), float(score))
+
+    def _scores(self, model: Any, faces_a: torch.Tensor, faces_b: torch.Tensor) -> torch.Tensor:
+        """The target score of pairs [N, 3, S, S] x [N, 3, S, S], in batches."""
+        return torch.cat(
             [
                 self._score(compare_pairs(model, part_a, part_b))
                 for part_a, part_b in zip(
@@ -297,12 +382,12 @@ class Occlusion(PairExplainer):
                 )
             ]
         )
-        drop = (score - scores).reshape(height, width)
-        return PairExplanation(self.name, drop.cpu().numpy(), float(score))
 
 
 EXPLAINERS: dict[str, type[PairExplainer]] = {
     "xcos": XCosContribution,
+    "difference": XCosDifference,
+    "patch_cosine": XCosPatchCosine,
     "gradcam": GradCAM,
     "occlusion": Occlusion,
     "random": RandomMap,

@@ -1,5 +1,6 @@
 """A static HTML report of a model's decisions on a pair set: its worst errors and a sample of
-correct decisions, each with its explanation figure.
+correct decisions, each with its explanation figure and the cells where the two faces differ
+the most (the top of the difference map, numbered 1, 2, 3 on the figure).
 
 The report is a folder: ``index.html`` and ``figures/*.png`` with relative links, no scripts
 and no external resources, so it opens offline and can be zipped or served as is.
@@ -16,7 +17,8 @@ import torch
 
 from xcos.data.pair_sets import PairSet
 from xcos.evaluation.evaluator import compare_pairs, embed_images
-from xcos.explain.figures import LAYOUTS, save_figure
+from xcos.explain.figures import LAYOUTS, most_different_cells, save_figure
+from xcos.models.geometry import grid_edges
 
 
 def pair_set_for_model(path: str, model: torch.nn.Module, where: str = "--pairs") -> PairSet:
@@ -40,6 +42,7 @@ class ReportEntry:
     xcos: float
     cos: float
     figure: str  # path relative to the report folder
+    most_different: list[list[int]]  # [row, col] of the cells pulling the score down most
 
 
 def decisions(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
@@ -104,6 +107,7 @@ def _draw(model, pair_set, scores, index, threshold, out, layout) -> ReportEntry
     size = model.input_size
     face_a, face_b = (pair_set.image(int(j), size) for j in pair_set.pairs[index])
     label = int(pair_set.labels[index])
+    difference = scores["difference"][index]
     figure = LAYOUTS[layout](
         face_a,
         face_b,
@@ -113,12 +117,18 @@ def _draw(model, pair_set, scores, index, threshold, out, layout) -> ReportEntry
         float(scores["cos"][index]),
         label,
         threshold,
+        difference=difference,
+        edges=grid_edges(model.backbone, size),
     )
     relative = f"figures/pair_{index:06d}.png"
     save_figure(figure, out / relative)
-    return ReportEntry(
-        index, label, float(scores["xcos"][index]), float(scores["cos"][index]), relative
-    )
+    xcos, cos = float(scores["xcos"][index]), float(scores["cos"][index])
+    return ReportEntry(index, label, xcos, cos, relative, most_different_cells(difference))
+
+
+def cells_text(cells: list[list[int]]) -> str:
+    """``most different cells: (2, 3), (1, 1), (2, 2)`` for [row, col] cells, highest first."""
+    return "most different cells: " + ", ".join(f"({row}, {col})" for row, col in cells)
 
 
 STYLE = """
@@ -156,6 +166,7 @@ def _page(name, pairs, threshold, accuracy, counts, sections) -> str:
             parts.append(
                 f'<div class="entry"><p>pair {entry.pair}: xCos {entry.xcos:.4f}, '
                 f"cos {entry.cos:.4f}, truth: {truth}, threshold {threshold:.4f}</p>"
+                f"<p>{cells_text(entry.most_different)}</p>"
                 f'<img src="{html.escape(entry.figure)}" alt="explanation of pair {entry.pair}">'
                 "</div>"
             )

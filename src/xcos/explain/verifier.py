@@ -4,7 +4,9 @@ v = Verifier.from_checkpoint("best.pth")
 r = v.explain("a.jpg", "b.jpg")        # paths, PIL images, numpy arrays or tensors
 r.score, r.same, r.threshold           # the decision and the threshold it used
 r.patch_cosine, r.attention, r.contribution, r.faces
-r.figure().savefig("pair.png")
+r.difference                           # where the faces differ: attention * (1 - patch cosine)
+r.as_dict()["most_different_cells"]    # [row, col] of the 3 cells pulling the score down most
+r.figure().savefig("pair.png")         # the most different cells outlined on both faces
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from xcos.data.images import read_rgb, to_image
 from xcos.engine.checkpoint import load_weights
 from xcos.engine.runtime import resolve_device
 from xcos.evaluation.evaluator import compare_faces
-from xcos.explain.figures import LAYOUTS
+from xcos.explain.figures import LAYOUTS, most_different_cells
+from xcos.models.geometry import grid_edges
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import XCosModel, build_model, inference_config
 
@@ -38,7 +41,10 @@ log = logging.getLogger(__name__)
 @dataclass
 class Explanation:
     """One verified pair. Maps are [h, w]; ``contribution`` = ``patch_cosine * attention``
-    and sums to ``score``; ``faces`` are the two aligned RGB faces actually compared."""
+    and sums to ``score``; ``difference`` = ``attention * (1 - patch_cosine)``, how much each
+    cell pulls the score down (where the two faces differ), sums to ``1 - score``; ``faces``
+    are the two aligned RGB faces actually compared; ``cell_edges`` [h + 1] are the cells'
+    pixel edges on those faces (``xcos.models.geometry.grid_edges``), None for equal cells."""
 
     score: float
     same: bool
@@ -48,6 +54,13 @@ class Explanation:
     attention: np.ndarray
     contribution: np.ndarray
     faces: tuple[np.ndarray, np.ndarray]
+    difference: np.ndarray
+    cell_edges: np.ndarray | None = None
+
+    @property
+    def most_different_cells(self) -> list[list[int]]:
+        """``[row, col]`` of the 3 cells with the highest ``difference``, highest first."""
+        return most_different_cells(self.difference)
 
     def figure(self, layout: str = "paper") -> Figure:
         """The explanation drawn in ``layout``: ``"paper"`` or ``"overlay"``."""
@@ -61,6 +74,8 @@ class Explanation:
             self.score,
             self.cos,
             threshold=self.threshold,
+            difference=self.difference,
+            edges=self.cell_edges,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -73,6 +88,8 @@ class Explanation:
             "patch_cosine": self.patch_cosine.tolist(),
             "attention": self.attention.tolist(),
             "contribution": self.contribution.tolist(),
+            "difference": self.difference.tolist(),
+            "most_different_cells": self.most_different_cells,
         }
 
 
@@ -166,6 +183,7 @@ class Verifier:
         ]
         compared = compare_faces(self.model, faces, self.device)
         out = {k: v.float().cpu().numpy() for k, v in compared.items()}
+        edges = grid_edges(self.model.backbone, self.model.input_size)
         return [
             Explanation(
                 score=float(out["xcos"][i]),
@@ -176,6 +194,8 @@ class Verifier:
                 attention=out["attention"][i],
                 contribution=out["patch_cosine"][i] * out["attention"][i],
                 faces=(faces[2 * i], faces[2 * i + 1]),
+                difference=out["difference"][i],
+                cell_edges=edges,
             )
             for i in range(len(pairs))
         ]

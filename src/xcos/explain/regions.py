@@ -1,0 +1,113 @@
+"""Facial regions on an aligned face, and how they fall on the xCos grid.
+
+Faces aligned onto a template (``xcos.data.align``: ArcFace 112 or dlib's 150 chip) have their
+eyes, nose and mouth at known places, so a region can be located from the template alone:
+
+- ``left_eye`` / ``right_eye``: an ellipse on the eye point ("left" = smaller x in the image);
+- ``nose``: an ellipse from just below the eye line down to the nose tip;
+- ``mouth``: an ellipse on the two mouth corners.
+
+Sizes are fractions of the distance between the eyes, so they scale with the template. Masks
+are [S, S] floats in [0, 1] with feathered edges (a smooth step across the ellipse's border),
+so that a region pasted from another face leaves no hard seam for a recognizer to notice.
+
+On the grid, a change is the set of cells holding a large enough share of it (``region_cells``):
+at least ``min_share`` of how much the pixels changed, and always the cell holding the most, so
+every change has at least one cell. Cells are where the backbone's cells really sit
+(``xcos.models.geometry``), not equal squares.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from xcos.data.align import face_template
+from xcos.data.pasting import box_mask, paste
+
+__all__ = [
+    "FACE_REGIONS",
+    "box_mask",
+    "cell_shares",
+    "change_mass",
+    "paste",
+    "region_cells",
+    "region_masks",
+]
+
+#: The regions ``region_masks`` draws, in a fixed order.
+FACE_REGIONS = ("left_eye", "right_eye", "nose", "mouth")
+
+#: Ellipse semi-axes (x, y) in units of the distance between the eyes.
+_EYE_AXES = (0.36, 0.22)
+_NOSE_AXES = (0.26, 0.36)
+_MOUTH_AXES_Y = 0.25
+_MOUTH_MARGIN_X = 0.12  # beyond each mouth corner
+#: The smooth step runs from this fraction of the radius to its inverse (feathered edge).
+_FEATHER = 0.8
+
+
+def _ellipse(size: int, centre: np.ndarray, axes: tuple[float, float]) -> np.ndarray:
+    """[S, S] feathered ellipse mask: 1 inside, 0 outside, a smooth step across the edge."""
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
+    radius = np.sqrt(((xs - centre[0]) / axes[0]) ** 2 + ((ys - centre[1]) / axes[1]) ** 2)
+    t = np.clip((1 / _FEATHER - radius) / (1 / _FEATHER - _FEATHER), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def region_masks(template: str = "arcface", image_size: int | None = None) -> dict[str, np.ndarray]:
+    """Feathered masks [S, S] of ``FACE_REGIONS`` on faces aligned onto ``template``.
+
+    Args:
+        template: the alignment template (``arcface`` or ``dlib``, see ``xcos.data.align``).
+        image_size: the side of the aligned faces (default: the template's own).
+    """
+    points = face_template(template, image_size)
+    size = round(image_size or (112 if template == "arcface" else 150))
+    left_eye, right_eye, nose, mouth_left, mouth_right = points
+    eyes = np.linalg.norm(right_eye - left_eye)
+    eye_axes = (_EYE_AXES[0] * eyes, _EYE_AXES[1] * eyes)
+    nose_axes = (_NOSE_AXES[0] * eyes, _NOSE_AXES[1] * eyes)
+    nose_centre = np.array([nose[0], nose[1] - 0.15 * eyes])
+    mouth_centre = (mouth_left + mouth_right) / 2
+    mouth_axes = (
+        np.linalg.norm(mouth_right - mouth_left) / 2 + _MOUTH_MARGIN_X * eyes,
+        _MOUTH_AXES_Y * eyes,
+    )
+    return {
+        "left_eye": _ellipse(size, left_eye, eye_axes),
+        "right_eye": _ellipse(size, right_eye, eye_axes),
+        "nose": _ellipse(size, nose_centre, nose_axes),
+        "mouth": _ellipse(size, mouth_centre, mouth_axes),
+    }
+
+
+Spans = list[tuple[int, int]]  # [start, stop) pixels of each cell along a side
+
+
+def cell_shares(mass: np.ndarray, spans: Spans) -> np.ndarray:
+    """[h, w]: the share of ``mass`` [S, S] (a mask, or how much each pixel changed) falling
+    in each grid cell (``xcos.models.geometry.pixel_spans``); sums to 1 over the cells."""
+    cells = np.array(
+        [[mass[y0:y1, x0:x1].sum() for x0, x1 in spans] for y0, y1 in spans], dtype=np.float64
+    )
+    total = cells.sum()
+    if total <= 0:
+        raise ValueError("nothing falls in the grid's cells (empty mask or no change)")
+    return cells / total
+
+
+def region_cells(mass: np.ndarray, spans: Spans, min_share: float = 0.1) -> np.ndarray:
+    """[h, w] bool: the cells holding at least ``min_share`` of ``mass``, and the cell holding
+    the most of it."""
+    shares = cell_shares(mass, spans)
+    cells = shares >= min_share
+    cells[np.unravel_index(int(np.argmax(shares)), shares.shape)] = True
+    return cells
+
+
+def change_mass(face: torch.Tensor, changed: torch.Tensor) -> np.ndarray:
+    """[S, S]: how much each pixel changed between two faces [.., 3, S, S] (summed over
+    channels): where the faces really differ, whatever mask made the change."""
+    difference = (changed.float() - face.float()).abs().reshape(-1, *face.shape[-2:])
+    return difference.sum(dim=0).cpu().numpy()
