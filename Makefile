@@ -24,6 +24,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: $(VENV)/.installed
@@ -31,7 +32,7 @@ test-slow: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check src tests bench
+	$(PY) -m ruff format --check .
 
 clean:
 	rm -rf $(VENV) saved data/synthfaces .pytest_cache

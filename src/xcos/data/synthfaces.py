@@ -36,10 +36,17 @@ log = logging.getLogger("xcos.data.synthfaces")
 _SS = 2  # supersampling factor: draw at 2x, box-downsample for cheap antialiasing
 _CENTRE = np.array([56.0, 60.0])  # rotation/scale pivot, between eyes and mouth
 
-_HAIR = [(20, 17, 15), (55, 35, 22), (105, 70, 40), (150, 85, 40), (205, 170, 100),
-         (150, 148, 145), (120, 40, 20), (230, 222, 205)]
-_IRIS = [(90, 55, 30), (45, 30, 20), (70, 110, 170), (80, 120, 70), (120, 130, 140),
-         (130, 100, 50)]
+_HAIR = [
+    (20, 17, 15),
+    (55, 35, 22),
+    (105, 70, 40),
+    (150, 85, 40),
+    (205, 170, 100),
+    (150, 148, 145),
+    (120, 40, 20),
+    (230, 222, 205),
+]
+_IRIS = [(90, 55, 30), (45, 30, 20), (70, 110, 170), (80, 120, 70), (120, 130, 140), (130, 100, 50)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,24 +98,70 @@ def sample_identity(rng: np.random.Generator) -> Identity:
     undertone = np.array([1.0, 0.0, -0.6]) * rng.normal(0, 8)  # warm/cool, not green
     skin = np.array([250, 214, 186]) * (1 - t) + np.array([86, 56, 38]) * t + undertone
     hair = _colour(rng, _HAIR, 8)
-    face = {"w": u(35, 45), "h": u(47, 56), "cy": u(58, 63), "jaw": u(0.1, 0.45),
-            "chin": u(1.3, 3.0), "skin": tuple(np.clip(skin, 0, 255).tolist())}
-    hair_p = {"colour": hair, "line": u(14, 30), "peak": u(0, 8) * (u() < 0.4),
-              "recede": u(0, 9) * (u() < 0.4), "slant": u(-7, 7), "side": u(4, 14),
-              "vol": u(1, 9), "length": u(45, 112), "bald": bool(u() < 0.08)}
-    extras = {"ear_y": u(52, 62), "ear_w": u(4, 7), "ear_h": u(8, 12),
-              "glasses": bool(u() < 0.2), "g_colour": _colour(rng, _HAIR, 30),
-              "g_w": u(10, 13), "g_h": u(7, 10), "g_sp": u(17, 20), "g_y": u(50, 54)}
-    eyes = {"sp": u(15, 21), "y": u(49, 55), "w": u(5, 8.5), "h": u(2.4, 4.2),
-            "tilt": u(-9, 9), "iris": u(0.45, 0.8), "colour": _colour(rng, _IRIS, 12)}
-    brows = {"x": u(14, 22), "y": u(33, 41), "len": u(7, 11), "thick": u(1.4, 4.2),
-             "angle": u(-14, 14), "arch": u(0, 3.5),
-             "colour": tuple((np.array(hair) * u(0.5, 0.9)).tolist())}
-    nose = {"top": u(50, 58), "tip": u(68, 79), "w": u(5, 10.5), "nostril": u(1.2, 2.8),
-            "shade": u(0.78, 0.93), "tip_r": u(2.5, 5)}
+    face = {
+        "w": u(35, 45),
+        "h": u(47, 56),
+        "cy": u(58, 63),
+        "jaw": u(0.1, 0.45),
+        "chin": u(1.3, 3.0),
+        "skin": tuple(np.clip(skin, 0, 255).tolist()),
+    }
+    hair_p = {
+        "colour": hair,
+        "line": u(14, 30),
+        "peak": u(0, 8) * (u() < 0.4),
+        "recede": u(0, 9) * (u() < 0.4),
+        "slant": u(-7, 7),
+        "side": u(4, 14),
+        "vol": u(1, 9),
+        "length": u(45, 112),
+        "bald": bool(u() < 0.08),
+    }
+    extras = {
+        "ear_y": u(52, 62),
+        "ear_w": u(4, 7),
+        "ear_h": u(8, 12),
+        "glasses": bool(u() < 0.2),
+        "g_colour": _colour(rng, _HAIR, 30),
+        "g_w": u(10, 13),
+        "g_h": u(7, 10),
+        "g_sp": u(17, 20),
+        "g_y": u(50, 54),
+    }
+    eyes = {
+        "sp": u(15, 21),
+        "y": u(49, 55),
+        "w": u(5, 8.5),
+        "h": u(2.4, 4.2),
+        "tilt": u(-9, 9),
+        "iris": u(0.45, 0.8),
+        "colour": _colour(rng, _IRIS, 12),
+    }
+    brows = {
+        "x": u(14, 22),
+        "y": u(33, 41),
+        "len": u(7, 11),
+        "thick": u(1.4, 4.2),
+        "angle": u(-14, 14),
+        "arch": u(0, 3.5),
+        "colour": tuple((np.array(hair) * u(0.5, 0.9)).tolist()),
+    }
+    nose = {
+        "top": u(50, 58),
+        "tip": u(68, 79),
+        "w": u(5, 10.5),
+        "nostril": u(1.2, 2.8),
+        "shade": u(0.78, 0.93),
+        "tip_r": u(2.5, 5),
+    }
     lips = np.array(face["skin"]) * [0.85, 0.55, 0.55] + [u(10, 60), 0, u(0, 25)]
-    mouth = {"y": u(87, 96), "w": u(10, 17.5), "upper": u(1.4, 4.0), "lower": u(2.0, 5.5),
-             "colour": tuple(np.clip(lips + rng.normal(0, 10, 3), 0, 255).tolist())}
+    mouth = {
+        "y": u(87, 96),
+        "w": u(10, 17.5),
+        "upper": u(1.4, 4.0),
+        "lower": u(2.0, 5.5),
+        "colour": tuple(np.clip(lips + rng.normal(0, 10, 3), 0, 255).tolist()),
+    }
     return Identity(face, hair_p, extras, eyes, brows, nose, mouth)
 
 
@@ -116,12 +169,23 @@ def sample_variation(rng: np.random.Generator) -> Variation:
     """Draw one image's nuisance parameters; kept smaller than between-identity spread."""
     u = rng.uniform
     return Variation(
-        angle=u(-10, 10), scale=u(0.92, 1.08), dx=u(-3, 3), dy=u(-3, 3), yaw=u(-2.5, 2.5),
-        brightness=u(-20, 20), contrast=u(0.85, 1.15), light_angle=u(0, 2 * np.pi),
-        light_strength=u(0, 0.22), gains=tuple(u(0.96, 1.04, 3).tolist()),
-        background=tuple((u(50, 210) + rng.normal(0, 18, 3)).tolist()), smile=u(-0.3, 1.0),
-        mouth_open=u(0, 1) * (u() < 0.3), eye_open=u(0.7, 1.1), noise_sigma=u(1, 4),
-        noise_seed=int(rng.integers(2**31)))
+        angle=u(-10, 10),
+        scale=u(0.92, 1.08),
+        dx=u(-3, 3),
+        dy=u(-3, 3),
+        yaw=u(-2.5, 2.5),
+        brightness=u(-20, 20),
+        contrast=u(0.85, 1.15),
+        light_angle=u(0, 2 * np.pi),
+        light_strength=u(0, 0.22),
+        gains=tuple(u(0.96, 1.04, 3).tolist()),
+        background=tuple((u(50, 210) + rng.normal(0, 18, 3)).tolist()),
+        smile=u(-0.3, 1.0),
+        mouth_open=u(0, 1) * (u() < 0.3),
+        eye_open=u(0.7, 1.1),
+        noise_sigma=u(1, 4),
+        noise_seed=int(rng.integers(2**31)),
+    )
 
 
 def swap_region(identity: Identity, donor: Identity, region: str) -> Identity:
@@ -162,8 +226,11 @@ def _shade(colour: Any, f: float) -> tuple[float, ...]:
 
 
 _X = {n: np.linspace(-1, 1, n) for n in (13, 17, 21, 33)}  # curve parameters, shared
-_CIRCLES = {n: np.stack([np.cos(t), np.sin(t)], 1)
-            for n in (12, 16, 20, 24, 64) for t in [np.linspace(0, 2 * np.pi, n, endpoint=False)]}
+_CIRCLES = {
+    n: np.stack([np.cos(t), np.sin(t)], 1)
+    for n in (12, 16, 20, 24, 64)
+    for t in [np.linspace(0, 2 * np.pi, n, endpoint=False)]
+}
 
 
 def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 24) -> np.ndarray:
@@ -188,8 +255,10 @@ def _draw_head(c: _Canvas, p: Identity, v: Variation) -> None:
     sin_ear = min(max((e["ear_y"] - cy) / f["h"], -1), 1)  # ears sit on the outline at ear_y
     ear_x = w * np.sqrt(1 - sin_ear**2) * (1 - f["jaw"] * max(sin_ear, 0) ** f["chin"])
     for s in (-1, 1):
-        c.poly(_ellipse(cx + s * (ear_x + 1), e["ear_y"], e["ear_w"], e["ear_h"], 16),
-               _shade(f["skin"], 0.9))
+        c.poly(
+            _ellipse(cx + s * (ear_x + 1), e["ear_y"], e["ear_w"], e["ear_h"], 16),
+            _shade(f["skin"], 0.9),
+        )
     oval = _ellipse(0, 0, 1, 1, 64)
     taper = 1 - f["jaw"] * np.clip(oval[:, 1], 0, None) ** f["chin"]  # narrower jaw and chin
     c.poly(oval * np.stack([w * taper, np.full(64, f["h"])], 1) + (cx, cy), f["skin"])
@@ -200,9 +269,13 @@ def _draw_head(c: _Canvas, p: Identity, v: Variation) -> None:
 def _draw_fringe(c: _Canvas, p: Identity, cx: float) -> None:
     """Hair over the forehead, bounded below by a hairline curve with style parameters."""
     f, h, x = p.face, p.hair, _X[33]
-    line = (h["line"] + 10 * x**4 + h["slant"] * x  # sideburns drop at the sides; side part
-            + h["peak"] * np.clip(1 - np.abs(x) / 0.25, 0, 1)  # widow's peak
-            - h["recede"] * np.exp(-(((np.abs(x) - 0.55) / 0.2) ** 2)))  # receding temples
+    line = (
+        h["line"]
+        + 10 * x**4
+        + h["slant"] * x  # sideburns drop at the sides; side part
+        + h["peak"] * np.clip(1 - np.abs(x) / 0.25, 0, 1)  # widow's peak
+        - h["recede"] * np.exp(-(((np.abs(x) - 0.55) / 0.2) ** 2))
+    )  # receding temples
     bottom = np.stack([cx + x * (f["w"] + 0.5), np.minimum(line, f["cy"])], 1)
     top = _ellipse(cx, f["cy"], f["w"] + 0.5, f["h"] + 0.5, 64)[32:][::-1]
     c.poly(np.concatenate([bottom, top]), h["colour"])
@@ -235,8 +308,7 @@ def _draw_brows(c: _Canvas, b: dict, v: Variation) -> None:
     mid = b["y"] - b["arch"] * (1 - x**2) - np.tan(np.deg2rad(b["angle"])) * x * b["len"]
     half = 0.5 * b["thick"] * (1 - 0.45 * np.clip(x, 0, None))
     for s in (-1, 1):
-        c.poly(_band(56 + v.yaw + s * (b["x"] + x * b["len"]), mid - half, mid + half),
-               b["colour"])
+        c.poly(_band(56 + v.yaw + s * (b["x"] + x * b["len"]), mid - half, mid + half), b["colour"])
 
 
 def _draw_nose(c: _Canvas, n: dict, v: Variation, skin: Any) -> None:
@@ -273,8 +345,9 @@ def _draw_glasses(c: _Canvas, e: dict, v: Variation) -> None:
     c.line(np.array([[cx - sp + w, y - 1], [cx + sp - w, y - 1]]), e["g_colour"], 1.1)
 
 
-def render_face(identity: Identity | Mapping, variation: Variation | Mapping,
-                size: int = 112) -> np.ndarray:
+def render_face(
+    identity: Identity | Mapping, variation: Variation | Mapping, size: int = 112
+) -> np.ndarray:
     """Render one face as a [size, size, 3] uint8 RGB array; a pure function of its inputs."""
     p = identity if isinstance(identity, Identity) else Identity(**identity)
     v = variation if isinstance(variation, Variation) else Variation(**variation)
@@ -304,8 +377,14 @@ def render_face(identity: Identity | Mapping, variation: Variation | Mapping,
 # ----------------------------------------------------------------------------- dataset on disk
 
 
-def _params(identities: Mapping[str, int], images_per_identity: int, pairs_per_split: int,
-            one_region_pairs: int, seed: int, image_size: int) -> dict[str, Any]:
+def _params(
+    identities: Mapping[str, int],
+    images_per_identity: int,
+    pairs_per_split: int,
+    one_region_pairs: int,
+    seed: int,
+    image_size: int,
+) -> dict[str, Any]:
     """Validate the arguments and return them as the JSON-able dict stored in the manifest."""
     identities = {str(k): int(n) for k, n in identities.items()}
     if not identities:
@@ -318,11 +397,14 @@ def _params(identities: Mapping[str, int], images_per_identity: int, pairs_per_s
     if images_per_identity < 2:
         raise ValueError(f"images_per_identity must be >= 2, got {images_per_identity}")
     if pairs_per_split <= 0 or pairs_per_split % 20:
-        raise ValueError(f"pairs_per_split must be a positive multiple of 20 (10 folds, half "
-                         f"same, half different), got {pairs_per_split}")
+        raise ValueError(
+            f"pairs_per_split must be a positive multiple of 20 (10 folds, half "
+            f"same, half different), got {pairs_per_split}"
+        )
     if one_region_pairs < 0 or one_region_pairs % 10:
-        raise ValueError(f"one_region_pairs must be a multiple of 10 (10 folds), "
-                         f"got {one_region_pairs}")
+        raise ValueError(
+            f"one_region_pairs must be a multiple of 10 (10 folds), got {one_region_pairs}"
+        )
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     if seed < 0:
@@ -330,13 +412,20 @@ def _params(identities: Mapping[str, int], images_per_identity: int, pairs_per_s
     same_available = images_per_identity * (images_per_identity - 1) // 2
     for name, n in identities.items():
         if name != "train" and n * same_available < pairs_per_split // 2:
-            raise ValueError(f"split {name!r} has only {n * same_available} distinct same-identity "
-                             f"pairs, fewer than the {pairs_per_split // 2} requested")
+            raise ValueError(
+                f"split {name!r} has only {n * same_available} distinct same-identity "
+                f"pairs, fewer than the {pairs_per_split // 2} requested"
+            )
     # JSON objects are unordered, yet split order decides identity numbering: record it.
-    return {"identities": identities, "split_order": list(identities),
-            "images_per_identity": int(images_per_identity),
-            "pairs_per_split": int(pairs_per_split), "one_region_pairs": int(one_region_pairs),
-            "seed": int(seed), "image_size": int(image_size)}
+    return {
+        "identities": identities,
+        "split_order": list(identities),
+        "images_per_identity": int(images_per_identity),
+        "pairs_per_split": int(pairs_per_split),
+        "one_region_pairs": int(one_region_pairs),
+        "seed": int(seed),
+        "image_size": int(image_size),
+    }
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
@@ -356,8 +445,12 @@ def _save_png(img: np.ndarray, path: Path) -> None:
     raw = np.concatenate([np.ones((h, 1), np.uint8), sub], 1).tobytes()  # 1: filter "Sub"
     z = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
-                     + _png_chunk(b"IDAT", z.compress(raw) + z.flush()) + _png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", z.compress(raw) + z.flush())
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -369,8 +462,9 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
 
 def _pairs(rng: np.random.Generator, n_ids: int, n_img: int, count: int) -> list[tuple]:
     """LFW-style pairs ((id, img), (id, img), label, fold): per fold, same pairs then different."""
-    same_all = [((i, a), (i, b)) for i in range(n_ids)
-                for a, b in itertools.combinations(range(n_img), 2)]
+    same_all = [
+        ((i, a), (i, b)) for i in range(n_ids) for a, b in itertools.combinations(range(n_img), 2)
+    ]
     same = [same_all[k] for k in rng.choice(len(same_all), count // 2, replace=False)]
     diff: list[tuple] = []
     seen: set[frozenset] = set()
@@ -382,12 +476,17 @@ def _pairs(rng: np.random.Generator, n_ids: int, n_img: int, count: int) -> list
             seen.add(frozenset(pair))
             diff.append(pair)
     half = count // 20
-    return [(*pairs[f * half + k], label, f) for f in range(10)
-            for pairs, label in ((same, 1), (diff, 0)) for k in range(half)]
+    return [
+        (*pairs[f * half + k], label, f)
+        for f in range(10)
+        for pairs, label in ((same, 1), (diff, 0))
+        for k in range(half)
+    ]
 
 
-def _one_region_pairs(rng: np.random.Generator, ids: list[Identity], count: int, size: int,
-                      out: Path) -> list[list[Any]]:
+def _one_region_pairs(
+    rng: np.random.Generator, ids: list[Identity], count: int, size: int, out: Path
+) -> list[list[Any]]:
     """Render A/B pairs differing in one region; the box is where pixels really differ."""
     rows = []
     for k in range(count):
@@ -402,13 +501,25 @@ def _one_region_pairs(rng: np.random.Generator, ids: list[Identity], count: int,
                 break
         _save_png(a, out / f"{k:04d}_a.png")
         _save_png(b, out / f"{k:04d}_b.png")
-        rows.append([f"{out.name}/{k:04d}_a.png", f"{out.name}/{k:04d}_b.png", 0,
-                     k * 10 // count, region, xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        rows.append(
+            [
+                f"{out.name}/{k:04d}_a.png",
+                f"{out.name}/{k:04d}_b.png",
+                0,
+                k * 10 // count,
+                region,
+                xs.min(),
+                ys.min(),
+                xs.max() + 1,
+                ys.max() + 1,
+            ]
+        )
     return rows
 
 
-def _write_split(root: Path, params: dict[str, Any], split: str, split_idx: int,
-                 first: int) -> dict[str, Any]:
+def _write_split(
+    root: Path, params: dict[str, Any], split: str, split_idx: int, first: int
+) -> dict[str, Any]:
     """Write one split's identity folders and, unless it is "train", its pair CSVs."""
     seed, size, n_img = params["seed"], params["image_size"], params["images_per_identity"]
     n_ids = params["identities"][split]
@@ -420,21 +531,29 @@ def _write_split(root: Path, params: dict[str, Any], split: str, split_idx: int,
         for j in range(n_img):
             v = sample_variation(np.random.default_rng([seed, 2, first + i, j]))
             _save_png(render_face(identity, v, size), root / split / name / f"{j:04d}.png")
-    info: dict[str, Any] = {"identities": n_ids, "images": n_ids * n_img,
-                            "first_identity": names[0], "last_identity": names[-1]}
+    info: dict[str, Any] = {
+        "identities": n_ids,
+        "images": n_ids * n_img,
+        "first_identity": names[0],
+        "last_identity": names[-1],
+    }
     if split == "train":
         return info
-    pairs = _pairs(np.random.default_rng([seed, 3, split_idx]), n_ids, n_img,
-                   params["pairs_per_split"])
-    rows = [[f"{split}/{names[i]}/{a:04d}.png", f"{split}/{names[j]}/{b:04d}.png", label, fold]
-            for (i, a), (j, b), label, fold in pairs]
+    pairs = _pairs(
+        np.random.default_rng([seed, 3, split_idx]), n_ids, n_img, params["pairs_per_split"]
+    )
+    rows = [
+        [f"{split}/{names[i]}/{a:04d}.png", f"{split}/{names[j]}/{b:04d}.png", label, fold]
+        for (i, a), (j, b), label, fold in pairs
+    ]
     _write_csv(root / f"synth_{split}.csv", ["path_a", "path_b", "label", "fold"], rows)
     info.update(pairs=len(rows), pairs_csv=f"synth_{split}.csv")
     if params["one_region_pairs"]:
         out = root / f"{split}_one_region"
         out.mkdir()
-        rows = _one_region_pairs(np.random.default_rng([seed, 4, split_idx]), ids,
-                                 params["one_region_pairs"], size, out)
+        rows = _one_region_pairs(
+            np.random.default_rng([seed, 4, split_idx]), ids, params["one_region_pairs"], size, out
+        )
         header = ["path_a", "path_b", "label", "fold", "region", "x0", "y0", "x1", "y1"]
         _write_csv(root / f"synth_{split}_one_region.csv", header, rows)
         info.update(one_region_pairs=len(rows), one_region_csv=f"synth_{split}_one_region.csv")
@@ -449,12 +568,19 @@ def _generate_into(root: Path, params: dict[str, Any]) -> dict[str, Any]:
         splits[split] = _write_split(root, params, split, split_idx, first)
         first += n_ids
     csvs = sorted(p.name for p in root.glob("*.csv"))
-    counts = {key: sum(s.get(key, 0) for s in splits.values())
-              for key in ("identities", "images", "pairs", "one_region_pairs")}
+    counts = {
+        key: sum(s.get(key, 0) for s in splits.values())
+        for key in ("identities", "images", "pairs", "one_region_pairs")
+    }
     counts["png_files"] = counts["images"] + 2 * counts["one_region_pairs"]
     counts["csv_files"] = len(csvs)
-    manifest = {"version": GENERATOR_VERSION, "params": params, "splits": splits,
-                "counts": counts, "files": {"png": counts["png_files"], "csv": csvs}}
+    manifest = {
+        "version": GENERATOR_VERSION,
+        "params": params,
+        "splits": splits,
+        "counts": counts,
+        "files": {"png": counts["png_files"], "csv": csvs},
+    }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
@@ -466,26 +592,34 @@ def _read_manifest(root: Path) -> dict[str, Any] | None:
         return None
 
 
-def generate_synthfaces(root: str | Path, *, identities: Mapping[str, int] = DEFAULT_IDENTITIES,
-                        images_per_identity: int = 12, pairs_per_split: int = 600,
-                        one_region_pairs: int = 200, seed: int = 0,
-                        image_size: int = 112) -> dict[str, Any]:
+def generate_synthfaces(
+    root: str | Path,
+    *,
+    identities: Mapping[str, int] = DEFAULT_IDENTITIES,
+    images_per_identity: int = 12,
+    pairs_per_split: int = 600,
+    one_region_pairs: int = 200,
+    seed: int = 0,
+    image_size: int = 112,
+) -> dict[str, Any]:
     """(Re)generate the set at ``root`` and return its manifest.
 
     The set is written to a temporary sibling directory and renamed into place, so an
     interrupted run never leaves a directory with a manifest but missing files.  An existing
     ``root`` is replaced only if it is empty or holds a SynthFaces set (has manifest.json).
     """
-    params = _params(identities, images_per_identity, pairs_per_split, one_region_pairs, seed,
-                     image_size)
+    params = _params(
+        identities, images_per_identity, pairs_per_split, one_region_pairs, seed, image_size
+    )
     return _generate(Path(root), params)
 
 
 def _generate(root: Path, params: dict[str, Any]) -> dict[str, Any]:
     """Build in a temporary sibling, then swap it in with renames (atomic on one filesystem)."""
     if root.exists() and any(root.iterdir()) and _read_manifest(root) is None:
-        raise FileExistsError(f"{root} exists, is not empty and is not a SynthFaces set; "
-                              "refusing to replace it")
+        raise FileExistsError(
+            f"{root} exists, is not empty and is not a SynthFaces set; refusing to replace it"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     log.info("generating SynthFaces v%d in %s: %s", GENERATOR_VERSION, root, params)
@@ -503,16 +637,23 @@ def _generate(root: Path, params: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def ensure_synthfaces(root: str | Path, *, identities: Mapping[str, int] = DEFAULT_IDENTITIES,
-                      images_per_identity: int = 12, pairs_per_split: int = 600,
-                      one_region_pairs: int = 200, seed: int = 0,
-                      image_size: int = 112) -> dict[str, Any]:
+def ensure_synthfaces(
+    root: str | Path,
+    *,
+    identities: Mapping[str, int] = DEFAULT_IDENTITIES,
+    images_per_identity: int = 12,
+    pairs_per_split: int = 600,
+    one_region_pairs: int = 200,
+    seed: int = 0,
+    image_size: int = 112,
+) -> dict[str, Any]:
     """Return the manifest at ``root`` if it matches the arguments and version, else regenerate.
 
     Takes the same keyword arguments as :func:`generate_synthfaces`.
     """
-    params = _params(identities, images_per_identity, pairs_per_split, one_region_pairs, seed,
-                     image_size)
+    params = _params(
+        identities, images_per_identity, pairs_per_split, one_region_pairs, seed, image_size
+    )
 
     def current() -> dict[str, Any] | None:
         m = _read_manifest(Path(root)) or {}
