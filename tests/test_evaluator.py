@@ -1,6 +1,7 @@
 """The evaluator: each distinct image embedded once, flip TTA along the width axis."""
 
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import DEMO_CONFIG
@@ -61,3 +62,14 @@ def test_flip_tta_flips_grid_features_along_the_width():
     # original's mirrored along the width, and not along the height.
     assert torch.allclose(grids(mirrored), grids(faces).flip(3), atol=1e-4)
     assert not torch.allclose(grids(mirrored), grids(faces).flip(2), atol=1e-3)
+
+
+def test_faces_of_another_size_are_refused_not_resized():
+    from xcos.data.images import UnalignedImageError
+
+    small = array_pair_set()
+    small.images = small.images[..., :16, :16]  # 16x16 faces for a model taking 32x32
+    with pytest.raises(
+        UnalignedImageError, match="holds aligned 16x16 faces, the model takes 32x32"
+    ):
+        evaluate_pair_set(small_model(), small, CPU)

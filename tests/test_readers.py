@@ -15,6 +15,7 @@ from PIL import Image
 
 from tests.conftest import require_shared
 from xcos.data.image_folder import DataError
+from xcos.data.images import UnalignedImageError
 from xcos.data.insightface_bin import read_insightface_bin
 from xcos.data.lfw import read_lfw, read_lfw_people
 from xcos.data.pack import read_pack, write_pack
@@ -38,7 +39,12 @@ def test_lfw_view2_pairs_real():
     assert (same == (pair_set.labels == 1)).all()
     assert pair_set.extra["name_a"][0] == identities[pair_set.pairs[0, 0]]
     assert all(Path(p).is_file() for p in pair_set.images)
-    assert pair_set.image(0, 112).shape == (112, 112, 3)
+    assert pair_set.image(0).shape == (250, 250, 3)  # the photo as it is
+    # never resized into a 112x112 "face": LFW photos are aligned (through the cache) first
+    with pytest.raises(
+        UnalignedImageError, match=r"is 250x250 pixels; expected an aligned 112x112"
+    ):
+        pair_set.image(0, 112)
 
 
 @pytest.mark.parametrize(
@@ -465,3 +471,15 @@ def test_read_pack_disagreements_and_corruption(pack):
         read_pack(str(pack))
     with pytest.raises(DataError, match="does not exist or is not a folder"):
         read_pack(str(pack.parent / "absent.pack"))
+
+
+def test_pack_faces_are_never_resized_for_another_model(pack):
+    from xcos.data.pair_sets import load_pair_set
+
+    pair_set = load_pair_set(str(pack), "test.pair_sets.0")
+    assert pair_set.source == str(pack) and pair_set.image(0, 8).shape == (8, 8, 3)
+    pair_set.check_image_size(8)  # the faces' own size: used as they are
+    for refuse in (lambda: pair_set.image(0, 16), lambda: pair_set.check_image_size(16)):
+        with pytest.raises(UnalignedImageError, match=r"p: holds aligned 8x8 faces.*16x16") as err:
+            refuse()
+        assert f"xcos prepare ... --template arcface --size 16 --out {pack}" in str(err.value)

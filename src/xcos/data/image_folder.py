@@ -10,7 +10,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from xcos.data.images import IMAGE_EXTENSIONS, BadImageError, read_rgb, to_tensor
+from xcos.data.images import (
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    DataError,
+    read_face,
+    read_rgb,
+    to_tensor,
+    unaligned_message,
+)
+from xcos.data.images import image_size as file_size
 from xcos.data.perturb import (
     Perturbation,
     PerturbSettings,
@@ -21,10 +30,6 @@ from xcos.data.perturb import (
 from xcos.registry import DATASETS
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A data folder or file is missing or malformed; the message names it."""
 
 
 def scan_image_folder(root: Path) -> tuple[list[str], list[list[Path]]]:
@@ -218,7 +223,9 @@ class ImageFolderPairs(IdentityPairs):
         root: folder with one sub-folder of images per identity.
         same_probability: chance of a same-identity pair.
         flip: random horizontal flip of each image (augmentation).
-        image_size: images are resized to this square size when they differ.
+        image_size: the side of the aligned square faces the folder holds (the model's input
+            size). An image of another size is an error naming the file, its size and this
+            one: faces are never resized silently (a resized photo is not an aligned face).
         skip_bad_images: decode every image once at start-up and drop (and count) the ones
             that fail; otherwise a bad image stops training with an error naming the file.
         seed: sampling seed (combined with the epoch and index).
@@ -240,6 +247,18 @@ class ImageFolderPairs(IdentityPairs):
         super().__init__([len(files) for files in per_identity], same_probability, flip, seed)
         self.paths = [path for files in per_identity for path in files]
         self.image_size = image_size
+        self._check_first_image()
+
+    def _check_first_image(self) -> None:
+        """A folder of unaligned photos fails here, at once; only its first image is looked at
+        (a large folder's headers take long to read): ``face`` checks every image it reads."""
+        try:
+            found = file_size(self.paths[0])
+        except BadImageError:
+            return  # named when it is read, or skipped with skip_bad_images
+        if found != (self.image_size, self.image_size):
+            message = unaligned_message(self.paths[0], found, self.image_size, self._fix())
+            raise DataError(f"data.train: {message}")
 
     def _drop_bad_images(self, per_identity: list[list[Path]]) -> list[list[Path]]:
         kept, bad = [], []
@@ -262,5 +281,13 @@ class ImageFolderPairs(IdentityPairs):
             raise DataError(f"{self.root}: fewer than 2 identities have readable images")
         return kept
 
+    def _fix(self) -> str:
+        return (
+            f"{self.root} must hold faces already aligned to {self.image_size}x{self.image_size} "
+            "(MTCNN five points onto the model's template, as `xcos prepare` does for pair "
+            "lists); if they are aligned faces of another size, set data.train.image_size to "
+            "that size and use a model of that input size"
+        )
+
     def face(self, index: int) -> np.ndarray:
-        return read_rgb(self.paths[index], self.image_size)
+        return read_face(self.paths[index], self.image_size, self._fix())

@@ -11,14 +11,64 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 
+#: The EXIF orientations that swap width and height (rotations by 90 or 270 degrees).
+_TRANSPOSED = (5, 6, 7, 8)
+_ORIENTATION_TAG = 0x0112
+
+
+class DataError(ValueError):
+    """A data folder or file is missing or malformed; the message names it."""
+
+
 class BadImageError(ValueError):
     """An image file cannot be decoded; the message names the file."""
+
+
+class UnalignedImageError(DataError):
+    """An image is not the aligned square face a model or data set takes. Faces are never
+    resized silently: a resized photo is not an aligned face, and scores on it are wrong."""
+
+
+def unaligned_message(path: str | Path, found: tuple[int, int], size: int, fix: str = "") -> str:
+    """``image 'p' is 92x112 pixels; expected an aligned 112x112 face ...`` plus ``fix``."""
+    width, height = found
+    return (
+        f"image {str(path)!r} is {width}x{height} pixels; expected an aligned {size}x{size} face "
+        "(images are never resized silently: a resized photo is not an aligned face)"
+        + (f". {fix}" if fix else "")
+    )
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file as ``read_rgb`` decodes it (EXIF rotation applied),
+    read from its header only."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            if image.getexif().get(_ORIENTATION_TAG, 1) in _TRANSPOSED:
+                return height, width
+            return width, height
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        raise BadImageError(f"cannot decode image {str(path)!r}: {err}") from err
+
+
+def read_face(path: str | Path, size: int, fix: str = "") -> np.ndarray:
+    """An aligned face file as RGB uint8 [size, size, 3]; any other size raises
+    ``UnalignedImageError`` naming the file, its size, ``size`` and ``fix`` (how to align it).
+    """
+    face = read_rgb(path)
+    if face.shape[:2] != (size, size):
+        found = (face.shape[1], face.shape[0])
+        raise UnalignedImageError(unaligned_message(path, found, size, fix))
+    return face
 
 
 def read_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
     """Decode ``path`` to an RGB uint8 array [H, W, 3] (EXIF rotation applied).
 
-    With ``size``, the image is resized to ``size`` x ``size`` when it differs.
+    With ``size``, the image is resized to ``size`` x ``size`` when it differs: only for
+    callers that mean to resize. Readers of faces use ``read_face``, which refuses a face of
+    the wrong size instead.
     """
     try:
         with Image.open(path) as image:

@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from xcos.data.image_folder import DataError
-from xcos.data.images import read_rgb
+from xcos.data.images import (
+    UnalignedImageError,
+    image_size,
+    read_face,
+    read_rgb,
+    unaligned_message,
+)
 from xcos.evaluation.verification import contiguous_folds
 from xcos.registry import PAIR_SETS
 
@@ -26,7 +32,12 @@ class PairSet:
     """``pairs`` [N, 2] index ``images``; ``labels`` [N] (1 same, 0 different); ``folds`` [N].
 
     ``images`` holds either file paths (decoded on demand) or aligned RGB faces as a uint8
-    array ``[M, 3, S, S]`` (for example a memory-mapped pack).
+    array ``[M, 3, S, S]`` (for example a memory-mapped pack). ``source``: the pair list or
+    pack it was read from (``load_pair_set`` sets it), named by errors.
+
+    Faces are never resized: asked for faces of a size ``S`` (the model's input size), an
+    image of any other size raises ``UnalignedImageError`` naming the file, its size, ``S`` and
+    the ``xcos prepare`` command that aligns the set (``check_image_size`` checks them all).
     """
 
     name: str
@@ -35,22 +46,62 @@ class PairSet:
     labels: np.ndarray
     folds: np.ndarray
     extra: dict[str, list[str]] = field(default_factory=dict)
+    source: str | None = None
+    _checked_sizes: set[int] = field(default_factory=set, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def image(self, index: int, size: int | None = None) -> np.ndarray:
-        """Distinct image ``index`` as RGB uint8 [S, S, 3] (resized to ``size`` when given)."""
+        """Distinct image ``index`` as RGB uint8 [S, S, 3]. With ``size``, it must be an
+        aligned ``size`` x ``size`` face, else ``UnalignedImageError`` (never resized)."""
         if isinstance(self.images, np.ndarray):
             face = np.ascontiguousarray(np.asarray(self.images[index]).transpose(1, 2, 0))
-            if size is not None and face.shape[0] != size:
-                face = np.asarray(Image.fromarray(face).resize((size, size), Image.BILINEAR))
+            if size is not None and face.shape[:2] != (size, size):
+                raise UnalignedImageError(self._faces_message(face.shape[0], size))
             return face
-        return read_rgb(self.images[index], size)
+        if size is None:
+            return read_rgb(self.images[index])
+        return read_face(self.images[index], size, self.alignment_hint(size))
 
     def image_reader(self, size: int | None = None) -> Callable[[int], np.ndarray]:
         """``image`` as a function of the index only, at ``size``."""
         return lambda index: self.image(index, size)
+
+    def check_image_size(self, size: int, template: str | None = None) -> None:
+        """Raise ``UnalignedImageError`` unless every image is an aligned ``size`` x ``size``
+        face (the model's input size); the message names the first other image, its size and
+        the command that aligns the set for a model of ``template``. Image files are checked
+        from their headers, once per size."""
+        if size in self._checked_sizes:
+            return
+        if isinstance(self.images, np.ndarray):
+            if tuple(self.images.shape[-2:]) != (size, size):
+                raise UnalignedImageError(
+                    self._faces_message(self.images.shape[-1], size, template)
+                )
+        else:
+            hint = self.alignment_hint(size, template)
+            wrong = [(p, found) for p in self.images if (found := image_size(p)) != (size, size)]
+            if wrong:
+                path, found = wrong[0]
+                raise UnalignedImageError(
+                    f"{self.name}: {len(wrong)} of {len(self.images)} image(s) are not aligned "
+                    f"{size}x{size} faces; first: {unaligned_message(path, found, size, hint)}"
+                )
+        self._checked_sizes.add(size)
+
+    def _faces_message(self, found: int, size: int, template: str | None = None) -> str:
+        return (
+            f"{self.name}: holds aligned {found}x{found} faces, the model takes {size}x{size} "
+            "ones (faces are never resized silently: a face aligned for another model is not "
+            f"one aligned for this one). {self.alignment_hint(size, template)}"
+        )
+
+    def alignment_hint(self, size: int, template: str | None = None) -> str:
+        """How to align this set for a model taking ``size`` x ``size`` faces of ``template``
+        (default: dlib's for 150, else ArcFace's): the ``xcos prepare`` command or ``align``."""
+        return alignment_hint(self.source, isinstance(self.images, np.ndarray), size, template)
 
     def select(self, keep: np.ndarray) -> tuple[PairSet, np.ndarray]:
         """The pairs ``keep`` (indices or a boolean mask) with only the images they use,
@@ -69,6 +120,7 @@ class PairSet:
             labels=self.labels[keep],
             folds=self.folds[keep],
             extra={key: [values[i] for i in keep] for key, values in self.extra.items()},
+            source=self.source,
         )
         return part, used
 
@@ -127,6 +179,43 @@ def read_pair_csv(path: str, name: str | None = None, folds: int = 10) -> PairSe
         labels=np.asarray(labels, dtype=np.int64),
         folds=np.asarray(fold_ids) if fold_ids else contiguous_folds(len(rows), folds),
         extra={c: [row[c] for row in rows] for c in extra_columns},
+        source=str(csv_path),
+    )
+
+
+def alignment_hint(source: str | None, aligned: bool, size: int, template: str | None) -> str:
+    """How to get aligned ``size`` x ``size`` faces of ``template`` from the pair set read from
+    ``source`` (``aligned``: its faces come from an alignment already, e.g. a pack)."""
+    template = template or ("dlib" if size == 150 else "arcface")
+    flags = f"--template {template}" + (
+        "" if size == TEMPLATE_SIZES.get(template) else f" --size {size}"
+    )
+    settings = json.dumps({"template": template, "image_size": size})
+    if source is None:
+        return f"Align the images first: `xcos prepare ... {flags}`"
+    path = Path(source)
+    suffix, pack = path.suffix.lower(), path.with_suffix(".pack")
+    if suffix == ".pack":
+        return (
+            f"Prepare the pack again for this model: `xcos prepare ... {flags} --out {path} "
+            "--overwrite`"
+        )
+    if suffix == ".bin":
+        return (
+            "An InsightFace .bin holds faces aligned once, for models of its size: test this "
+            f"model on a pair set aligned for it (`xcos prepare ... {flags}`)"
+        )
+    if aligned:  # aligned through the cache, with settings for another model
+        return f'Align it for this model: set the pair set\'s "align" to {settings}'
+    if suffix == ".txt":
+        return (
+            f"Align the LFW pairs first: `xcos prepare --pairs {path} {flags} --select central "
+            f'--no-face center_crop --out {pack}`, or set the pair set\'s "align" to {settings}'
+        )
+    return (
+        f"Align the pair list first: `xcos prepare --csv {path} {flags} --out {pack}` and give "
+        f"{pack} as the pair set (in a config, the pair set "
+        f'{{"type": "csv", "path": "{path}", "align": {settings}}} aligns it through the cache)'
     )
 
 
@@ -146,7 +235,13 @@ def _check_images_exist(images: list[str], source: Path) -> None:
 
 
 def load_pair_set(spec: str | dict[str, Any], path: str = "pair_sets") -> PairSet:
-    """Read a pair set from a path (reader chosen by extension) or a dict with a ``type``."""
+    """Read a pair set from a path (reader chosen by extension) or a dict with a ``type``.
+
+    With ``align`` (default for LFW lists only), the images are aligned through the pack
+    cache. Otherwise they are used as they are, so they must already be aligned faces of the
+    model's input size: the evaluator checks that (``PairSet.check_image_size``) and refuses
+    anything else, naming the ``xcos prepare`` command that aligns the set.
+    """
     location = spec if isinstance(spec, str) else spec.get("path")
     if isinstance(location, str) and not Path(location).exists():
         raise DataError(
@@ -168,9 +263,13 @@ def load_pair_set(spec: str | dict[str, Any], path: str = "pair_sets") -> PairSe
     pair_set = PAIR_SETS.build(spec, path, own_keys=("align",))
     if align and not isinstance(pair_set.images, np.ndarray):
         pair_set = aligned_through_cache(pair_set, align, [Path(spec["path"])], f"{path}.align")
+    if isinstance(spec.get("path"), str):
+        pair_set.source = spec["path"]
     return pair_set
 
 
+#: The side of the faces each alignment template makes by default (``xcos prepare --template``).
+TEMPLATE_SIZES = {"arcface": 112, "dlib": 150}
 # Readers whose images are never aligned crops (LFW ships 250x250 deep-funneled photos): their
 # images are detected, aligned and cached as a pack unless the spec says "align": false.
 ALIGNED_BY_DEFAULT = {"lfw"}

@@ -155,6 +155,8 @@ class Trainer:
             load_pair_set(spec, f"validation.pair_sets.{i}")
             for i, spec in enumerate(self.cfg.validation.pair_sets)
         ]
+        for pair_set in self.pair_sets:  # refuse unaligned faces now, not after an epoch
+            pair_set.check_image_size(self.model.input_size, self.model.face_template)
         self._check_monitor()
         self.validation_outputs: dict[str, dict[str, torch.Tensor]] = {}
         if cached:

@@ -60,9 +60,15 @@ def embed_images(
 
     With ``flip``, the features of the horizontally flipped image are flipped back along the
     width axis and added, so each cell still describes the same part of the face.
+
+    Every image must already be an aligned face of the model's input size: anything else is
+    refused up front (``UnalignedImageError`` naming the file and the ``xcos prepare`` command
+    that aligns the set), never resized into a silently wrong score.
     """
+    size = image_size or model.input_size
+    pair_set.check_image_size(size, getattr(model, "face_template", None))
     chunks: dict[str, list[torch.Tensor]] = {}
-    for images in _batches(pair_set, image_size or model.input_size, batch_size, num_workers):
+    for images in _batches(pair_set, size, batch_size, num_workers):
         images = images.to(device, non_blocking=True)
         with autocast() if autocast else nullcontext():
             faces = faces_to(model.embed(images), device)  # float32 before the flip sum

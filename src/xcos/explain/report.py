@@ -23,14 +23,18 @@ from xcos.models.geometry import grid_edges
 
 def pair_set_for_model(path: str, model: torch.nn.Module, where: str = "--pairs") -> PairSet:
     """Read a pair set; LFW pair files (photos) are aligned the way ``model`` expects (its
-    template and input size), through the pack cache."""
+    template and input size), through the pack cache. Other sets must already hold aligned
+    faces of the model's input size: a CSV of photos (or a pack made for another model) is
+    refused here, before any scoring, with the ``xcos prepare`` command that aligns it."""
     from xcos.data.pair_sets import LFW_ALIGNMENT, load_pair_set
 
     spec: str | dict = path
     if Path(path).suffix.lower() == ".txt":
         align = LFW_ALIGNMENT | {"template": model.face_template, "image_size": model.input_size}
         spec = {"type": "lfw", "path": path, "align": align}
-    return load_pair_set(spec, where)
+    pair_set = load_pair_set(spec, where)
+    pair_set.check_image_size(model.input_size, model.face_template)
+    return pair_set
 
 
 @dataclass
