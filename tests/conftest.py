@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
@@ -15,15 +18,37 @@ def shared_dir() -> Path:
     return Path(os.environ.get("XCOS_SHARED", REPO.parent / "shared"))
 
 
+def skip_or_fail(message: str) -> NoReturn:
+    """Skip the test, or fail it instead when XCOS_REQUIRE_DATA=1 (CI must run everything)."""
+    if os.environ.get("XCOS_REQUIRE_DATA") == "1":
+        pytest.fail(message + " and XCOS_REQUIRE_DATA=1")
+    pytest.skip(message)
+
+
 def require_shared(relative: str) -> Path:
     """Path under ../shared; skip when absent, fail instead when XCOS_REQUIRE_DATA=1."""
     path = shared_dir() / relative
     if not path.exists():
-        message = f"{path} is absent (set XCOS_SHARED to the shared folder)"
-        if os.environ.get("XCOS_REQUIRE_DATA") == "1":
-            pytest.fail(message + " and XCOS_REQUIRE_DATA=1")
-        pytest.skip(message)
+        skip_or_fail(f"{path} is absent (set XCOS_SHARED to the shared folder)")
     return path
+
+
+def require_module(name: str) -> ModuleType:
+    """``pytest.importorskip`` that fails instead of skipping when XCOS_REQUIRE_DATA=1."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        skip_or_fail(f"could not import {name!r}: {err}")
+
+
+def require_dlib_weights() -> Path:
+    """dlib's face-recognition .dat; skip when absent, fail instead when XCOS_REQUIRE_DATA=1."""
+    from xcos.models.dlib_format import DlibWeightsNotFoundError, find_dlib_weights
+
+    try:
+        return Path(find_dlib_weights())
+    except DlibWeightsNotFoundError as err:
+        skip_or_fail(str(err))
 
 
 TINY_SYNTH = {
@@ -117,3 +142,48 @@ def tiny_checkpoint(tiny_synth, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
     Trainer(config, run, torch.device("cpu")).fit()
     return run / "checkpoints" / "best.pth"
+
+
+def reference_threshold(scores, labels) -> tuple[float, float]:
+    """Brute force of ``best_threshold`` for tests: count the hits of every midpoint between
+    distinct scores (and one below, one above them all); the lowest of the best wins."""
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    distinct = np.unique(scores)
+    candidates = np.concatenate(
+        [[distinct[0] - 1.0], (distinct[:-1] + distinct[1:]) / 2.0, [distinct[-1] + 1.0]]
+    )
+    hits = ((scores[None, :] > candidates[:, None]) == labels[None, :]).sum(axis=1)
+    best = int(np.argmax(hits))  # the first maximum: candidates ascend
+    return float(candidates[best]), float(hits[best] / scores.size)
+
+
+def reference_kfold(scores, labels, folds) -> tuple[list[float], list[float]]:
+    """Per-fold (accuracies, thresholds) by brute force: each fold's threshold is chosen on
+    the pairs of all the other folds only, then applied to the fold's own pairs."""
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    folds = np.asarray(folds)
+    accuracies, thresholds = [], []
+    for fold in np.unique(folds):
+        test = folds == fold
+        threshold, _ = reference_threshold(scores[~test], labels[~test])
+        accuracies.append(float(((scores[test] > threshold) == labels[test]).mean()))
+        thresholds.append(threshold)
+    return accuracies, thresholds
+
+
+def reference_auc(scores, labels) -> float:
+    """ROC AUC by its definition: P(same-pair score > different-pair score), ties counting 1/2."""
+    import numpy as np
+
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    same, different = scores[labels][:, None], scores[~labels][None, :]
+    return float(
+        ((same > different).sum() + 0.5 * (same == different).sum()) / same.size / different.size
+    )

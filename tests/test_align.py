@@ -19,7 +19,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 from PIL import Image
 
-from tests.conftest import REPO, require_shared
+from tests.conftest import REPO, require_module, require_shared
 from xcos.config_types import check_value
 from xcos.data.align import (
     ARCFACE_TEMPLATE,
@@ -174,7 +174,7 @@ def test_the_install_check_can_fail():
 
 
 def _pyproject() -> dict:
-    tomllib = pytest.importorskip("tomllib")
+    tomllib = require_module("tomllib")
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 

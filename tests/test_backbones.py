@@ -132,7 +132,14 @@ def test_batch_of_one_in_eval_mode() -> None:
     assert out["grid"].shape == (1, model.out_channels, 7, 7)
     assert out["embedding"].shape == (1, 16)
     assert torch.isfinite(out["embedding"]).all()
-    assert torch.equal(out["grid"], model.forward_features(x))
+    # the grid and embedding by hand, layer by layer (not through forward_features)
+    by_hand = x
+    with torch.no_grad():
+        for layer in [*model.input_layer, *model.body]:
+            by_hand = layer(by_hand)
+        embedding = model.output_layer(by_hand)
+    torch.testing.assert_close(out["grid"], by_hand, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["embedding"], embedding, rtol=1e-5, atol=1e-6)
 
 
 def test_width_scaling_and_no_output_layer() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from xcos.explain.baselines import (
     xcos_target,
 )
 from xcos.models.xcos_model import build_model, split_faces
+from xcos.registry import BACKBONES
 
 SIZE = 64  # a 4 x 4 grid
 
@@ -65,7 +68,7 @@ def test_batched_and_unbatched_faces_agree(model, pair):
     single = XCosContribution().explain(model, a, b)
     batched = XCosContribution().explain(model, a[None], b[None])
     np.testing.assert_allclose(single.map, batched.map, atol=1e-6)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"expected one face \[3, S, S\].*got \(2, 3, 64, 64\)"):
         XCosContribution().explain(model, torch.stack(pair), b)
 
 
@@ -98,21 +101,49 @@ def test_gradcam_maps_are_non_negative_and_not_all_zero(model, pair):
 
 def test_gradcam_matches_a_hand_computation(model, pair):
     model.eval()
-    layer = default_layer(model)
-    caught = {}
-    handle = layer.register_forward_hook(lambda m, i, o: caught.setdefault("map", o))
-    try:
-        faces_a, faces_b = split_faces(model.embed(torch.stack(pair)))
-        cos = model.compare(faces_a, faces_b)["cos"][0]
-        (gradient,) = torch.autograd.grad(cos, caught["map"])
-    finally:
-        handle.remove()
+    # IR-SE has no grid_layer: the default is the last unit of its body, whose output is the
+    # grid. The grid is computed here by hand, unit by unit, with no hook and no default_layer.
+    assert not hasattr(model.backbone, "grid_layer")
+    assert default_layer(model) is model.backbone.body[-1]
+    grid = torch.stack(pair)
+    with torch.no_grad():
+        for unit in [*model.backbone.input_layer, *model.backbone.body]:
+            grid = unit(grid)
+    grid.requires_grad_(True)
+    faces_a, faces_b = split_faces(model.describe({"features": grid}))
+    cos = model.compare(faces_a, faces_b)["cos"][0]
+    (gradient,) = torch.autograd.grad(cos, grid)
     weights = gradient.mean(dim=(2, 3), keepdim=True)
-    expected = torch.relu((weights * caught["map"]).sum(1)).detach().numpy()
+    expected = torch.relu((weights * grid).sum(1)).detach().numpy()
     explanation = GradCAM().explain(model, *pair)
     np.testing.assert_allclose(explanation.map, expected[0], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(explanation.map_b, expected[1], rtol=1e-4, atol=1e-6)
     assert explanation.score == pytest.approx(float(cos.detach()), abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "size"),
+    [
+        ({"type": "ir_se", "depth": 10, "width": 0.25, "input_size": SIZE}, SIZE),
+        ({"type": "iresnet", "depth": 18, "width": 0.25, "input_size": SIZE}, SIZE),
+        ({"type": "patch_encoder", "grid": 4, "input_size": SIZE, "width": 0.25}, SIZE),
+        ({"type": "dlib_resnet", "level": 1, "weights": None}, 150),
+    ],
+)
+def test_default_layer_outputs_the_grid(backbone, size):
+    torch.manual_seed(0)
+    network = BACKBONES.build(backbone, "model.backbone").eval()
+    layer = default_layer(SimpleNamespace(backbone=network))
+    named = getattr(network, "grid_layer", None)
+    assert layer is (named if named is not None else network.body[-1])
+    caught = []
+    handle = layer.register_forward_hook(lambda m, i, o: caught.append(o))
+    try:
+        with torch.no_grad():
+            grid = network(torch.rand(2, 3, size, size) * 2 - 1)["grid"]
+    finally:
+        handle.remove()
+    assert len(caught) == 1 and torch.equal(caught[0], grid)
 
 
 def test_gradcam_hooks_live_for_the_context_and_go_after(model, pair):

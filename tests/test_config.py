@@ -40,10 +40,18 @@ def test_layers_and_overrides(tmp_path):
     assert config.seed == 5
     assert config.losses[1]["weight"] == 0.25
     assert config.model.backbone["type"] == "ir_se"
-    lines = config_diff(demo(), config.raw)
-    assert "trainer.epochs: 3 -> 3" not in lines
-    assert 'trainer.amp: "bf16" -> "none"' in lines
-    assert "seed: 0 -> 5" in lines
+    base = demo()
+    assert (base["trainer"]["epochs"], base["trainer"]["amp"], base["seed"]) == (5, "bf16", 0)
+    weighted = json.loads(json.dumps(base["losses"]))
+    weighted[1]["weight"] = 0.25
+    # every leaf that differs, once, old -> new: the template's 5 -> the --set 3 (the layers'
+    # 7 and 8 are overridden), and a list is one leaf
+    assert config_diff(base, config.raw) == [
+        f"losses: {json.dumps(base['losses'])} -> {json.dumps(weighted)}",
+        "seed: 0 -> 5",
+        'trainer.amp: "bf16" -> "none"',
+        "trainer.epochs: 5 -> 3",
+    ]
 
 
 def test_loading_has_no_side_effects(tmp_path):

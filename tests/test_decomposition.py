@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import require_dlib_weights
 from xcos.config import ModelConfig, from_dict
 from xcos.explain.decomposition import decompose, supports_decomposition
 from xcos.models.xcos_head import XCosHead
@@ -35,12 +36,7 @@ def test_the_flattened_grid_cosine_splits_exactly_over_the_cells():
 
 
 def test_dlib_level_1_embedding_splits_exactly_over_its_cells():
-    from xcos.models.dlib_format import DlibWeightsNotFoundError, find_dlib_weights
-
-    try:
-        find_dlib_weights()
-    except DlibWeightsNotFoundError as err:
-        pytest.skip(str(err))
+    require_dlib_weights()
     model = model_of({"type": "dlib_resnet", "level": 1, "weights": "auto"}, cos="embedding")
     faces = torch.rand(4, 3, 150, 150) * 2 - 1
     with torch.no_grad():

@@ -154,11 +154,24 @@ def test_random_model_shapes(level: int, channels: int, side: int) -> None:
     assert (model.out_channels, model.grid_size, model.input_size) == (channels, side, 150)
     assert model.embedding_dim == 128
     x = torch.rand(2, 3, 150, 150) * 2 - 1
-    out = model(x)
+    caught = []
+    handle = model.grid_layer.register_forward_hook(lambda m, i, o: caught.append(o))
+    try:
+        out = model(x)
+    finally:
+        handle.remove()
     assert set(out) == {"grid", "embedding"}
     assert out["grid"].shape == (2, channels, side, side)
     assert out["embedding"].shape == (2, 128)
-    assert torch.equal(out["grid"], model.forward_features(x))
+    assert model.grid_layer is getattr(model, f"level{level}")
+    assert len(caught) == 1 and torch.equal(out["grid"], caught[0])
+    # by hand: dlib's input normalisation, the stem, then the levels down to the grid's
+    means = torch.tensor([122.782, 117.001, 104.298]).view(1, 3, 1, 1)
+    by_hand = ((x + 1.0) * 127.5 - means) / 256.0
+    with torch.no_grad():
+        for name in ["stem", "level4", "level3", "level2", "level1"][: 6 - level]:
+            by_hand = getattr(model, name)(by_hand)
+    torch.testing.assert_close(out["grid"].detach(), by_hand, rtol=1e-5, atol=1e-5)
     if level == 1:
         return  # gradients are checked once, at level 2 (a backward pass costs seconds here)
     loss = out["grid"].square().mean() + out["embedding"].square().mean()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import require_shared
+from tests.conftest import reference_kfold, require_dlib_weights, require_shared
 from xcos.data.pair_sets import load_pair_set
 from xcos.data.prepare import subset_folds
 from xcos.evaluation.verification import kfold_accuracy
@@ -19,22 +19,9 @@ DLIB_ALIGNMENT = {
 }
 
 
-def dlib_weights_or_skip():
-    import os
-
-    from xcos.models.dlib_format import DlibWeightsNotFoundError, find_dlib_weights
-
-    try:
-        return find_dlib_weights()
-    except DlibWeightsNotFoundError as err:
-        if os.environ.get("XCOS_REQUIRE_DATA") == "1":
-            pytest.fail(f"{err} (XCOS_REQUIRE_DATA=1)")
-        pytest.skip(str(err))
-
-
 def test_dlib_resnet_through_our_alignment_on_lfw_fold_one():
     lfw = require_shared("data/lfw")
-    dlib_weights_or_skip()
+    require_dlib_weights()
     from xcos.data.align import FaceAligner
     from xcos.data.pack import read_pack
     from xcos.data.prepare import cached_pack
@@ -57,4 +44,8 @@ def test_dlib_resnet_through_our_alignment_on_lfw_fold_one():
     folds = np.arange(len(cosine)) * 10 // len(cosine)  # 10 contiguous folds of 60 pairs
     result = kfold_accuracy(cosine, fold.labels, folds)
     assert len(fold.labels) == 600
+    accuracies, thresholds = reference_kfold(cosine, fold.labels, folds)  # by brute force
+    assert result.fold_accuracies == pytest.approx(accuracies, abs=1e-12)
+    assert result.accuracy == pytest.approx(np.mean(accuracies), abs=1e-12)
+    assert result.fold_thresholds == pytest.approx(thresholds, abs=1e-12)
     assert result.accuracy >= 0.97, f"dlib cosine on LFW fold 1: {result.accuracy:.4f}"

@@ -4,9 +4,9 @@ which cell a small change of the input moves the most."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
+from tests.conftest import require_dlib_weights
 from xcos.models.backbones import DlibResNet, IResNet, PatchEncoder
 from xcos.models.geometry import grid_edges, pixel_spans
 
@@ -66,12 +66,7 @@ def test_patch_encoder_cells_see_only_their_patch():
 
 
 def test_dlib_level_2_cells_where_its_unpadded_layers_put_them():
-    from xcos.models.dlib_format import DlibWeightsNotFoundError, find_dlib_weights
-
-    try:
-        find_dlib_weights()
-    except DlibWeightsNotFoundError as err:
-        pytest.skip(str(err))
+    require_dlib_weights()
     backbone = DlibResNet(level=2, weights="auto")
     stated, equal = agreement(
         backbone, smooth_face(150), grid_edges(backbone), np.linspace(0, 150, 9), step=9

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.test_dlib_lfw import dlib_weights_or_skip
+from tests.conftest import require_dlib_weights
 from xcos.cli import main
 from xcos.models import dlib_format
 from xcos.models.backbones.arcface_torch import ArcFaceIResNet
@@ -12,7 +12,7 @@ from xcos.models.backbones.dlib_resnet import DlibResNet
 
 
 def test_import_dlib_writes_weights_the_backbone_loads(tmp_path, capsys):
-    dat = dlib_weights_or_skip()
+    dat = require_dlib_weights()
     out = tmp_path / "dlib_resnet.pth"
     assert main(["import", "dlib", "--out", str(out)]) == 0
     assert str(out) in capsys.readouterr().out
@@ -30,7 +30,7 @@ def test_import_dlib_without_the_package_names_the_extra(tmp_path, monkeypatch, 
 
 
 def test_import_of_a_truncated_dat_is_one_clear_line(tmp_path, capsys):
-    dat = dlib_weights_or_skip()
+    dat = require_dlib_weights()
     broken = tmp_path / "broken.dat"
     broken.write_bytes(dat.read_bytes()[:100_000])
     code = main(["import", "dlib", "--weights", str(broken), "--out", str(tmp_path / "x.pth")])

@@ -114,9 +114,18 @@ def test_import_and_load_recognizer(documented, tmp_path, name, arch, how) -> No
 def test_small_iresnets_run(depth) -> None:
     model = BACKBONES.build({"type": "iresnet", "depth": depth}, "model.backbone").eval()
     image = torch.randn(1, 3, 112, 112)
+    caught = []
+    handle = model.grid_layer.register_forward_hook(lambda m, i, o: caught.append(o))
     with torch.no_grad():
         out = model(image)
-        assert torch.equal(out["grid"], model.forward_features(image))
+        handle.remove()
+        # by hand (not through forward_features): the stem, then layer1..layer4, before bn2
+        by_hand = model.prelu(model.bn1(model.conv1(image)))
+        for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+            by_hand = layer(by_hand)
+    assert model.grid_layer is model.layer4
+    assert len(caught) == 1 and torch.equal(out["grid"], caught[0])
+    torch.testing.assert_close(out["grid"], by_hand, rtol=1e-5, atol=1e-5)
     assert out["grid"].shape == (1, 512, 7, 7) and out["embedding"].shape == (1, 512)
 
 
@@ -145,7 +154,7 @@ def test_unknown_architecture_lists_choices(iresnet50_file, tmp_path) -> None:
 
 
 def test_wrong_architecture_names_the_keys(iresnet50_file, tmp_path) -> None:
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=r"'iresnet100'.*missing \(first: layer2\.4\.") as err:
         import_recognizer(iresnet50_file, "iresnet100", tmp_path / "out.pth")
     message = str(err.value)
     assert "backbone.pth" in message and "'iresnet100'" in message

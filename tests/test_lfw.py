@@ -3,9 +3,10 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
-from tests.conftest import DEMO_CONFIG, require_shared
+from tests.conftest import DEMO_CONFIG, reference_auc, reference_kfold, require_shared
 from xcos.config import load_config
 from xcos.data.align import FaceAligner
 from xcos.data.lfw import read_lfw
@@ -38,9 +39,16 @@ def test_one_lfw_fold_is_detected_aligned_and_evaluated():
     pack.folds = np.repeat([0, 1], 300)
     result = evaluate_pair_set(model, pack, torch.device("cpu"), batch_size=128, flip=True)
     for score in ("xcos", "cos"):
-        assert np.isfinite(result.scores[score]).all() and len(result.scores[score]) == 600
+        scores = result.scores[score]
+        assert np.isfinite(scores).all() and len(scores) == 600
         metrics = result.metrics[score]
-        assert 0.0 <= metrics["accuracy"] <= 1.0 and 0.0 <= metrics["auc"] <= 1.0
+        # recomputed from the scores: brute-force thresholds, each from the other fold only
+        accuracies, thresholds = reference_kfold(scores, fold.labels, pack.folds)
+        assert metrics["fold_accuracies"] == pytest.approx(accuracies, abs=1e-12)
+        assert metrics["accuracy"] == pytest.approx(np.mean(accuracies), abs=1e-12)
+        assert metrics["accuracy_std"] == pytest.approx(np.std(accuracies), abs=1e-12)
+        assert metrics["threshold"] == pytest.approx(np.mean(thresholds), abs=1e-9)
+        assert metrics["auc"] == pytest.approx(reference_auc(scores, fold.labels), abs=1e-9)
 
 
 def small_lfw_pairs(lfw, folder, per_half=5):

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import require_shared
+from tests.conftest import reference_kfold, reference_threshold, require_shared
 from xcos.config import ConfigError, load_config
 from xcos.data.image_folder import DataError
 from xcos.data.lfw import read_lfw
 from xcos.data.lfw_people import LFWPeoplePairs, people_of_sets
-from xcos.evaluation.lfw_protocol import format_results, run_lfw_protocol
+from xcos.evaluation import lfw_protocol
+from xcos.evaluation.lfw_protocol import format_results, run_lfw_protocol, score_pairs
 
 CPU = torch.device("cpu")
 
@@ -95,13 +96,54 @@ def test_protocol_trains_a_head_per_fold_and_reports_three_scores(
     monkeypatch.setenv("XCOS_CACHE", str(tmp_path / "cache"))
     lfw = fake_lfw(tmp_path / "lfw", tiny_synth)
     config = tiny_config(PLUGIN)
+    scored = []  # the scores of every trained head, in order
+
+    def keep_scores(*args, **kwargs):
+        scored.append(score_pairs(*args, **kwargs))
+        return scored[-1]
+
+    monkeypatch.setattr(lfw_protocol, "score_pairs", keep_scores)
     results = run_lfw_protocol(config, lfw, tmp_path / "run", CPU, folds=[1, 2])
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     for name in ("cos", "xcos", "xcos_uniform"):
         assert len(results["view2"][name]["per_fold"]) == 2
-        assert 0.0 <= results["view2"][name]["accuracy"] <= 1.0
         assert set(results["view1"][name]) == {"accuracy", "accuracy_std"}
+    # View 2 recomputed from the scores: fake_lfw's pairs.txt holds, per fold k, a matched
+    # then a mismatched pair of person k; fold k's threshold comes from the 18 other pairs.
+    labels, pair_folds = np.tile([1, 0], 10), np.repeat(np.arange(10), 2)
+    assert len(scored) == 2 * 2 + 2  # (xcos, xcos_uniform) per fold, then both for View 1
+    expected = {"cos": [], "xcos": [], "xcos_uniform": []}
+    for index, fold in enumerate([1, 2]):
+        test = pair_folds == fold - 1
+        for offset, name in enumerate(["xcos", "xcos_uniform"]):
+            scores = scored[2 * index + offset]
+            assert len(scores["xcos"]) == 20
+            threshold, _ = reference_threshold(scores["xcos"][~test], labels[~test])
+            expected[name].append(
+                float(((scores["xcos"][test] > threshold) == labels[test]).mean())
+            )
+        cos = scored[2 * index]["cos"]  # the frozen recognizer's: the same for both heads
+        np.testing.assert_array_equal(cos, scored[2 * index + 1]["cos"])
+        threshold, _ = reference_threshold(cos[~test], labels[~test])
+        expected["cos"].append(float(((cos[test] > threshold) == labels[test]).mean()))
+    for name, accuracies in expected.items():
+        view2 = results["view2"][name]
+        assert view2["per_fold"] == pytest.approx(accuracies, abs=1e-12), name
+        assert view2["accuracy"] == pytest.approx(np.mean(accuracies), abs=1e-12), name
+        assert view2["accuracy_std"] == pytest.approx(np.std(accuracies), abs=1e-12), name
+    # View 1: 10-fold accuracy on pairsDevTest, recomputed from the scores
+    dev_test = read_lfw(str(lfw / "pairsDevTest.txt"))
+    view1_scores = {
+        "xcos": scored[4]["xcos"],
+        "cos": scored[4]["cos"],
+        "xcos_uniform": scored[5]["xcos"],
+    }
+    for name, scores in view1_scores.items():
+        accuracies, _ = reference_kfold(scores, dev_test.labels, dev_test.folds)
+        view1 = results["view1"][name]
+        assert view1["accuracy"] == pytest.approx(np.mean(accuracies), abs=1e-12), name
+        assert view1["accuracy_std"] == pytest.approx(np.std(accuracies), abs=1e-12), name
     for fold in ("fold01", "fold02"):
         for head in ("xcos", "xcos_uniform"):
             assert (tmp_path / "run" / fold / head / "checkpoints" / "last.pth").is_file()

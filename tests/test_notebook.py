@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
-from tests.conftest import REPO
+from tests.conftest import REPO, require_module
 
 NOTEBOOK = REPO / "doc" / "visualize_xcos_one_example.ipynb"
 
 
 def test_notebook_executes_and_draws_both_figures(tiny_checkpoint, tiny_synth, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+    nbformat = require_module("nbformat")
+    nbclient = require_module("nbclient")
     faces = sorted((tiny_synth / "val").glob("*/*.png"))[:2]
     monkeypatch.setenv("XCOS_CHECKPOINT", str(tiny_checkpoint))
     monkeypatch.setenv("XCOS_IMAGE_A", str(faces[0]))

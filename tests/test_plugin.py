@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import reference_threshold, require_dlib_weights
 from xcos.config import ConfigError
 from xcos.engine.features import (
     CachedFeaturePairs,
@@ -137,10 +138,15 @@ def test_fold_accuracy_chooses_the_threshold_on_the_other_folds():
     labels = np.array([1, 0, 1, 0, 1, 0])
     test = np.array([False, False, False, False, True, True])
     accuracy, threshold = held_out_accuracy(scores, labels, test)
-    assert 0.2 <= threshold < 0.8
-    # with the threshold from the training folds, the inverted test pairs are both wrong
-    expected = float(((scores[test] > threshold) == (labels[test] == 1)).mean())
-    assert accuracy == expected
+    # By hand: the training pairs 0.1, 0.2 (different) and 0.8, 0.9 (same) are split only by
+    # thresholds in (0.2, 0.8): the midpoint 0.5. The inverted test pairs 0.4 (same) and 0.6
+    # (different) are then both wrong. Chosen on all six pairs instead, the lowest best
+    # threshold would be 0.3 (5 of 6 right) and the test accuracy 0.5.
+    assert threshold == pytest.approx(0.5)
+    assert accuracy == 0.0
+    # the same by brute force: 0.5 on the training folds, 0.3 (the wrong answer) on all
+    assert reference_threshold(scores[~test], labels[~test]) == pytest.approx((0.5, 1.0))
+    assert reference_threshold(scores, labels) == pytest.approx((0.3, 5 / 6))
 
 
 def test_model_pretrained_loads_an_imported_recognizer(plugin_config, tmp_path):
@@ -163,10 +169,9 @@ def test_model_pretrained_loads_an_imported_recognizer(plugin_config, tmp_path):
 
 
 def test_a_trainable_copy_of_dlib_learns_against_the_frozen_original():
-    from tests.test_dlib_lfw import dlib_weights_or_skip
     from xcos.config import ModelConfig, from_dict
 
-    dlib_weights_or_skip()
+    require_dlib_weights()
     dlib = {"type": "dlib_resnet", "level": 1, "weights": "auto"}
     model_cfg = from_dict(
         ModelConfig,

@@ -18,6 +18,7 @@ from xcos.data.image_folder import DataError, ImageFolderPairs, scan_image_folde
 from xcos.data.images import read_rgb
 from xcos.data.shards import ShardPairs, ShardStore, write_shards
 from xcos.engine.trainer import Trainer
+from xcos.models.backbones import IResNet
 
 SIZE = 64  # tiny_synth's image size
 SHARD_SIZE = 5  # 32 images: six full shards and a partial one of 2
@@ -65,7 +66,7 @@ def test_round_trip_is_exact_across_shards(tiny_synth, packed):
     for index, path in enumerate(paths):
         assert np.array_equal(store[index].transpose(1, 2, 0), read_rgb(path)), path
     assert np.array_equal(store[-1], store[len(store) - 1])
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="image 32 is out of range for 32 images"):
         store[len(store)]
 
 
@@ -135,19 +136,19 @@ def test_interrupted_write_leaves_no_folder_keeps_the_old(tiny_synth, tmp_path, 
     def crash_on_the_twelfth(path, size=None):
         calls["n"] += 1
         if calls["n"] == 12:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("simulated Ctrl-C at image 12")
         return read_rgb(path, size)
 
     monkeypatch.setattr(shards_module, "read_rgb", crash_on_the_twelfth)
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated Ctrl-C at image 12"):
         write_shards(tiny_synth / "train", out / "t.shards", SIZE, SHARD_SIZE, num_workers=0)
     assert list(out.iterdir()) == []
     monkeypatch.undo()
     write_shards(tiny_synth / "train", out / "t.shards", SIZE, SHARD_SIZE, num_workers=0)
     monkeypatch.setattr(shards_module, "read_rgb", crash_on_the_twelfth)
     calls["n"] = 0
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="simulated Ctrl-C at image 12"):
         write_shards(tiny_synth / "train", out / "t.shards", SIZE, 3, 0, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["t.shards"]
     assert len(ShardStore(out / "t.shards").manifest["shards"]) == 7
@@ -230,9 +231,27 @@ def test_frozen_backbone_on_shards_caches_its_outputs(tiny_config, packed, tmp_p
     monkeypatch.setenv("XCOS_CACHE", str(tmp_path / "cache"))
     train = {"type": "shard_pairs", "root": str(packed), "seed": 0, "flip": True}
     layer = {**PLUGIN, "data": {"train": train}, "trainer": {"max_steps_per_epoch": 2}}
-    Trainer(tiny_config(layer), tmp_path / "run", torch.device("cpu")).fit()
-    cached = list((tmp_path / "cache" / "features").glob("*.pt"))
-    assert len(cached) == 1  # the training faces' outputs, keyed by the shards' manifest
-    again = Trainer(tiny_config(layer), tmp_path / "again", torch.device("cpu"))
+    # no validation pair set: the backbone then only ever sees the training faces
+    layer["validation"] = {"pair_sets": [], "monitor": None}
+    faces = []  # images through the backbone (an IR-SE IResNet), in any module of any model
+
+    def count_faces(module, args, output):
+        if isinstance(module, IResNet):
+            faces.append(args[0].shape[0])
+
+    handle = torch.nn.modules.module.register_module_forward_hook(count_faces)
+    try:
+        first = Trainer(tiny_config(layer), tmp_path / "run", torch.device("cpu"))
+        computed = sum(faces)
+        first.fit()
+        cached = list((tmp_path / "cache" / "features").glob("*.pt"))
+        assert len(cached) == 1  # the training faces' outputs, keyed by the shards' manifest
+        faces.clear()
+        again = Trainer(tiny_config(layer), tmp_path / "again", torch.device("cpu"))
+        assert faces == []  # read back from the cache: not one face through the backbone
+    finally:
+        handle.remove()
+    assert computed == 2 * len(ShardStore(packed))  # the first run did: each face, flipped
     assert list((tmp_path / "cache" / "features").glob("*.pt")) == cached  # reused
     assert len(again.dataset) == len(ShardStore(packed))
+    torch.testing.assert_close(again.dataset.outputs, first.dataset.outputs, rtol=0, atol=0)

@@ -211,7 +211,7 @@ def test_ensure_regenerates_on_version_change(tmp_path: Path) -> None:
 
 def test_refuses_to_replace_foreign_directory(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError, match="is not a SynthFaces set; refusing to replace it"):
         generate_synthfaces(tmp_path, **SMALL)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
 
@@ -230,23 +230,24 @@ def test_custom_split_names(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("bad", "message"),
     [
-        {"pairs_per_split": 30},
-        {"pairs_per_split": 0},
-        {"identities": {"train": 4, "test": 1}},
-        {"identities": {}},
-        {"identities": {"a/b": 4}},
-        {"images_per_identity": 1},
-        {"one_region_pairs": 15},
-        {"pairs_per_split": 40},  # 6 ids x 3 pairs each: only 18 distinct same pairs, 20 needed
-        {"image_size": 8},
-        {"seed": -1},
+        ({"pairs_per_split": 30}, "pairs_per_split must be a positive multiple of 20.*got 30"),
+        ({"pairs_per_split": 0}, "pairs_per_split must be a positive multiple of 20.*got 0"),
+        ({"identities": {"train": 4, "test": 1}}, "split 'test' needs at least 2 identities"),
+        ({"identities": {}}, "identities must name at least one split"),
+        ({"identities": {"a/b": 4}}, "bad split name 'a/b'"),
+        ({"images_per_identity": 1}, "images_per_identity must be >= 2, got 1"),
+        ({"one_region_pairs": 15}, r"one_region_pairs must be a multiple of 10 .*got 15"),
+        # 6 ids x 3 pairs each: only 18 distinct same pairs, 20 needed
+        ({"pairs_per_split": 40}, "split 'val' has only 18 distinct same-identity pairs"),
+        ({"image_size": 8}, "image_size must be >= 32, got 8"),
+        ({"seed": -1}, "seed must be >= 0, got -1"),
     ],
 )
-def test_bad_arguments(tmp_path: Path, bad: dict) -> None:
-    with pytest.raises(ValueError):
+def test_bad_arguments(tmp_path: Path, bad: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
         generate_synthfaces(tmp_path / "set", **{**SMALL, **bad})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=message):
         ensure_synthfaces(tmp_path / "set", **{**SMALL, **bad})
     assert not any(tmp_path.iterdir())

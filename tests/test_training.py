@@ -7,14 +7,18 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
-from tests.conftest import DEMO_CONFIG, REPO, tiny_overrides
+from tests.conftest import DEMO_CONFIG, REPO, reference_auc, reference_kfold, tiny_overrides
+from xcos.engine import tester as tester_module
+from xcos.engine import trainer as trainer_module
 from xcos.engine.checkpoint import load_weights, save_checkpoint
 from xcos.engine.runtime import resolve_device
 from xcos.engine.tester import run_test
 from xcos.engine.trainer import NonFiniteLossError, Trainer
+from xcos.evaluation.evaluator import evaluate_pair_set
 
 CPU = torch.device("cpu")
 
@@ -67,7 +71,14 @@ def test_mid_epoch_crash_then_resume_equals_straight_run(tiny_config, tmp_path):
     assert states_equal(straight.model.state_dict(), resumed.model.state_dict())
 
 
-def test_checkpoint_contents_load_with_weights_only(tiny_config, tmp_path):
+def test_checkpoint_contents_load_with_weights_only(tiny_config, tmp_path, monkeypatch):
+    validated = []
+
+    def keep_result(*args, **kwargs):
+        validated.append(evaluate_pair_set(*args, **kwargs))
+        return validated[-1]
+
+    monkeypatch.setattr(trainer_module, "evaluate_pair_set", keep_result)
     Trainer(tiny_config(), tmp_path, CPU).fit()
     for name in ("last.pth", "best.pth"):
         state = torch.load(tmp_path / "checkpoints" / name, weights_only=True)
@@ -83,7 +94,16 @@ def test_checkpoint_contents_load_with_weights_only(tiny_config, tmp_path):
         } <= set(state)
         assert state["config"]["name"] == "demo_synthetic"
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
-    assert rows[0]["epoch"] == "1" and float(rows[0]["synth_val/xcos/accuracy"]) > 0
+    assert len(rows) == len(validated) == 1 and rows[0]["epoch"] == "1"
+    result = validated[0]
+    assert len(result.scores["xcos"]) == 40
+    for score in ("xcos", "cos"):
+        # the logged accuracy, recomputed from the validation scores by brute force
+        accuracies, _ = reference_kfold(
+            result.scores[score], result.pair_set.labels, result.pair_set.folds
+        )
+        logged = float(rows[0][f"synth_val/{score}/accuracy"])
+        assert logged == pytest.approx(np.mean(accuracies), abs=1e-12), score
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, tmp_path):
@@ -173,9 +193,16 @@ def test_sigkill_mid_epoch_leaves_loadable_last_and_resumes(tiny_synth, tmp_path
     assert (run_dir / "checkpoints" / "best.pth").exists()
 
 
-def test_test_mode_writes_metrics_scores_and_figures(tiny_config, tmp_path):
+def test_test_mode_writes_metrics_scores_and_figures(tiny_config, tmp_path, monkeypatch):
     config = tiny_config()
     Trainer(config, tmp_path / "train", CPU).fit()
+    tested = []
+
+    def keep_result(*args, **kwargs):
+        tested.append(evaluate_pair_set(*args, **kwargs))
+        return tested[-1]
+
+    monkeypatch.setattr(tester_module, "evaluate_pair_set", keep_result)
     summary = run_test(config, tmp_path / "test", CPU, tmp_path / "train/checkpoints/best.pth")
     metrics = json.loads((tmp_path / "test/metrics.json").read_text())
     assert metrics == summary
@@ -190,6 +217,21 @@ def test_test_mode_writes_metrics_scores_and_figures(tiny_config, tmp_path):
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["pair", "fold", "label", "xcos", "cos"]
     assert len(rows) == 40 and {r["fold"] for r in rows} == {str(k) for k in range(10)}
+    assert len(tested) == 1
+    labels = np.array([int(r["label"]) for r in rows])
+    folds = np.array([int(r["fold"]) for r in rows])
+    for score in ("xcos", "cos"):
+        # the saved scores are the evaluated ones (to 6 decimals); metrics.json is recomputed
+        # from the full-precision ones (rounding could tie two close scores)
+        scores = np.asarray(tested[0].scores[score], dtype=np.float64)
+        saved = np.array([float(r[score]) for r in rows])
+        np.testing.assert_allclose(saved, scores, rtol=0, atol=5.01e-7)
+        accuracies, thresholds = reference_kfold(scores, labels, folds)
+        values = metrics["synth_val"][score]
+        assert values["fold_accuracies"] == pytest.approx(accuracies, abs=1e-12), score
+        assert values["accuracy"] == pytest.approx(np.mean(accuracies), abs=1e-12), score
+        assert values["threshold"] == pytest.approx(np.mean(thresholds), abs=1e-12), score
+        assert values["auc"] == pytest.approx(reference_auc(scores, labels), abs=1e-12), score
     assert len(list((tmp_path / "test/figures").glob("*.png"))) == 2
 
 
@@ -231,8 +273,30 @@ def test_cuda_without_gpu_and_fp16_on_cpu(tiny_config, tmp_path):
 
 def test_bf16_autocast_trains_on_cpu(tiny_config, tmp_path):
     trainer = Trainer(tiny_config(overrides=("trainer.amp=bf16",)), tmp_path, CPU)
-    trainer.fit()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    dtypes = []  # (training?, dtype) of the first convolution's output, every forward
+
+    def record(module, args, output):
+        dtypes.append((module.training, output.dtype))
+
+    first_conv = next(m for m in trainer.model.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    handle = first_conv.register_forward_hook(record)
+    try:
+        trainer.fit()
+    finally:
+        handle.remove()
+    # the training steps ran their convolutions in bfloat16 (inside autocast) ...
+    assert [dtype for training, dtype in dtypes if training] == [torch.bfloat16] * trainer.step
+    assert trainer.step == 3
+    # ... and the float32 weights moved, and stayed finite
+    after = trainer.model.state_dict()
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    changed = [
+        k for k, v in after.items() if v.is_floating_point() and not torch.equal(v, before[k])
+    ]
+    assert changed and any(k.startswith("backbone.") and k.endswith("weight") for k in changed)
+    assert any(k.startswith("head.") for k in changed)
 
 
 def test_pretrained_target_is_frozen_and_in_eval_mode(tiny_config, tmp_path):
