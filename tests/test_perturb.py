@@ -96,7 +96,7 @@ def test_losses_read_only_the_flagged_rows():
     assert mse(outputs, batch) == pytest.approx(1.0)  # only row 0 has both flags
     none = {"flag": torch.zeros(3), "label": torch.ones(3)}
     assert mse(outputs, none) == 0
-    with pytest.raises(KeyError, match="perturb"):
+    with pytest.raises(ConfigError, match="perturb"):  # a config mistake: exit 2
         mse(outputs, {"flag": torch.ones(3)})
 
 

@@ -1,6 +1,7 @@
 """Command line: ``xcos <command>`` and the classic ``python main.py -tc config.json``.
 
-Commands: train, test, synth, prepare, pack, explain, report, import, lfw-protocol.
+Commands: train, test, explain, report, prepare, pack, synth, import, lfw-protocol.
+``xcos``, ``xcos --help`` and ``xcos --version`` introduce the program.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +26,24 @@ from xcos.cli_recognizers import (
 )
 from xcos.cli_report import add_report_parser, report_command
 from xcos.config import Config, ConfigError, config_diff, load_config, merge_layers
+from xcos.errors import XcosError
 
 log = logging.getLogger("xcos")
 
-COMMANDS = (
+AUTO_RESUME = "auto"  # -r auto: continue the --out run when it has a last.pth, else start fresh
+
+COMMANDS = (  # in the order `xcos --help` lists them
     "train",
     "test",
-    "synth",
-    "prepare",
-    "pack",
     "explain",
     "report",
+    "prepare",
+    "pack",
+    "synth",
     "import",
     "lfw-protocol",
 )
+TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
 
 
 def run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,49 +65,123 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
         help="override one key, e.g. --set trainer.epochs=3 (value parsed as JSON, else string)",
     )
     parser.add_argument("-p", "--pretrained", help="weights to load non-strictly (test: required)")
-    parser.add_argument("-r", "--resume", help="training checkpoint to resume exactly")
+    parser.add_argument(
+        "-r",
+        "--resume",
+        help="training checkpoint to resume exactly, or 'auto' (needs --out): continue from "
+        "OUT/checkpoints/last.pth when it exists, else start fresh (torchrun --max-restarts)",
+    )
     parser.add_argument("--out", help="run directory (default: saved/<name>/<timestamp>/)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
+def package_version() -> str:
+    """The installed distribution's version, else ``xcos.__version__`` (a source checkout)."""
+    try:
+        return metadata.version("xcos")
+    except metadata.PackageNotFoundError:
+        import xcos
+
+        return getattr(xcos, "__version__", "unknown")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps each command of the list on one line: argparse sizes the name column without the
+    extra indent of sub-commands, so the longest name (lfw-protocol) would wrap."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction) and action.help != argparse.SUPPRESS:
+            names = [self._format_action_invocation(sub) for sub in action._choices_actions]
+            longest = self._current_indent + self._indent_increment + max(map(len, names))
+            self._action_max_length = max(self._action_max_length, longest)
+
+
+EPILOG = """\
+The classic form, the same as `xcos train` / `xcos test`:
+  python main.py -tc CONFIG [-sc DIFF ...] [--set KEY=VALUE] [--mode test -p WEIGHTS]
+"""
+
+TRAIN_TEXT = (
+    "Train a model: the template config (-tc), configs merged over it (-sc) and --set "
+    "overrides; writes config.json, log.txt, metrics.csv, checkpoints/ and tensorboard/ "
+    "into the run directory."
+)
+TEST_TEXT = (
+    "Test weights (-p) on the config's pair sets; writes metrics.json, scores/, roc/ and "
+    "figures/ into the run directory."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``xcos`` parser: one sub-parser per command, listed by ``--help`` in ``COMMANDS``
+    order, each with a one-line help (and a longer description on ``xcos <command> -h``)."""
     parser = argparse.ArgumentParser(
-        prog="xcos", description="Explainable face verification with xCos."
+        prog="xcos",
+        description="Explainable face verification with xCos.",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("train", "train a model"), ("test", "test weights on pair sets")):
-        run_arguments(commands.add_parser(name, help=text, description=text))
-    synth = commands.add_parser("synth", help="generate the SynthFaces data set")
-    synth.add_argument("--out", required=True, help="folder to write the data set into")
-    synth.add_argument(
-        "--config", help="take the generator settings from this config's data.synthetic"
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        title="commands",
+        metavar="<command>",
+        help="one of these (`xcos <command> --help` shows its options)",
     )
-    synth.add_argument("--seed", type=int, help="generator seed (overrides the config)")
-    synth.add_argument("--debug", action="store_true")
-    prepare_arguments(commands.add_parser("prepare", help="detect, align and pack a pair set"))
-    explain = commands.add_parser("explain", help="verify and explain one pair of faces")
-    explain.add_argument("image_a")
-    explain.add_argument("image_b")
-    explain.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
-    explain.add_argument("--out", help="write the explanation figure (PNG) here")
-    explain.add_argument(
+    run_arguments(commands.add_parser("train", help="train a model", description=TRAIN_TEXT))
+    run_arguments(
+        commands.add_parser(
+            "test", help="test weights on the config's pair sets", description=TEST_TEXT
+        )
+    )
+    text = "verify and explain one pair of faces"
+    explain_arguments(commands.add_parser("explain", help=text, description=text))
+    add_report_parser(commands)
+    text = "detect, align and pack a pair set"
+    prepare_arguments(commands.add_parser("prepare", help=text, description=text))
+    add_pack_parser(commands)
+    text = "generate the SynthFaces data set"
+    synth_arguments(commands.add_parser("synth", help=text, description=text))
+    add_import_parser(commands)
+    add_protocol_parser(commands, run_arguments)
+    return parser
+
+
+def explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image_a", help="first face: an image file")
+    parser.add_argument("image_b", help="second face: an image file")
+    parser.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
+    parser.add_argument("--out", help="write the explanation figure (PNG) here")
+    parser.add_argument(
         "--layout",
         choices=("paper", "overlay"),
         default="paper",
         help="figure layout: faces and maps side by side, or the maps over the faces",
     )
-    explain.add_argument("--json", help="write the explanation's fields (JSON) here")
-    explain.add_argument("--threshold", type=float, help="decision threshold on the xCos score")
-    explain.add_argument("--metrics", help="take the threshold from a test run's metrics.json")
-    explain.add_argument("--align", choices=("auto", "always", "never"), default="auto")
-    explain.add_argument("--device", default="auto")
-    explain.add_argument("--debug", action="store_true")
-    add_pack_parser(commands)
-    add_report_parser(commands)
-    add_import_parser(commands)
-    add_protocol_parser(commands, run_arguments)
-    return parser
+    parser.add_argument("--json", help="write the explanation's fields (JSON) here")
+    parser.add_argument("--threshold", type=float, help="decision threshold on the xCos score")
+    parser.add_argument("--metrics", help="take the threshold from a test run's metrics.json")
+    parser.add_argument(
+        "--align",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="align faces with MTCNN: auto (unless already squares of the model's input size), "
+        "always, or never (default: auto)",
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
+def synth_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="folder to write the data set into")
+    parser.add_argument(
+        "--config", help="take the generator settings from this config's data.synthetic"
+    )
+    parser.add_argument("--seed", type=int, help="generator seed (overrides the config)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
 def prepare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +192,12 @@ def prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--images", help="with --pairs: the folder of <Name>/<Name>_NNNN.jpg")
     parser.add_argument("--out", required=True, help="the pack folder to write (<name>.pack)")
     parser.add_argument("--folds", type=int, nargs="+", help="keep only these folds")
-    parser.add_argument("--select", choices=("largest", "central"), default="largest")
+    parser.add_argument(
+        "--select",
+        choices=("largest", "central"),
+        default="largest",
+        help="which face of an image with several: the largest or the most central",
+    )
     parser.add_argument(
         "--template",
         choices=("arcface", "dlib"),
@@ -127,26 +212,57 @@ def prepare_arguments(parser: argparse.ArgumentParser) -> None:
         help="when no face is found: stop, or (pre-centred sets such as LFW) take a centred crop",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (detection)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="images aligned together (default: 32)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pack")
-    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
 def classic_parser() -> argparse.ArgumentParser:
+    """``python main.py -tc config.json [--mode test]``: the arguments of ``xcos train``."""
     parser = argparse.ArgumentParser(prog="main.py", description="xCos training and testing.")
     run_arguments(parser)
-    parser.add_argument("--mode", choices=("train", "test"), default="train")
+    parser.add_argument(
+        "--mode", choices=("train", "test"), default="train", help="train or test (default: train)"
+    )
     return parser
 
 
+def parse_arguments(argv: list[str]) -> argparse.Namespace:
+    """A command, ``-h`` or ``--version`` first: the ``xcos`` parser; an option first: the
+    classic form. Nothing at all is a usage error: the command list and status 2."""
+    if not argv:
+        parser = build_parser()
+        parser.print_help(sys.stderr)
+        parser.exit(2, f"{parser.prog}: error: choose a command from the list above\n")
+    if argv[0] in TOP_LEVEL_OPTIONS or not argv[0].startswith("-"):
+        return build_parser().parse_args(argv)  # an unknown command names the choices
+    args = classic_parser().parse_args(argv)
+    args.command = args.mode
+    return args
+
+
+class KnownHarmlessWarning(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." warning, which
+    ``torch.compile`` makes on a CPU-only machine that has a CUDA toolkit (nvcc) installed:
+    it concerns building CUDA extensions, which xcos never does. Any other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def quiet_known_warnings() -> None:
+    """Keep a CPU run's console free of known harmless compiler noise (idempotent)."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, KnownHarmlessWarning) for f in logger.filters):
+        logger.addFilter(KnownHarmlessWarning())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``xcos`` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        args = build_parser().parse_args(argv)
-    else:
-        args = classic_parser().parse_args(argv)
-        args.command = args.mode
+    """Entry point of the ``xcos`` console script (and of ``main.py``); returns the status."""
+    args = parse_arguments(list(sys.argv[1:] if argv is None else argv))
+    quiet_known_warnings()
     try:
         return dispatch(args)
     except KeyboardInterrupt:
@@ -162,20 +278,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def is_user_error(err: Exception) -> bool:
-    from xcos.data.image_folder import DataError
-    from xcos.data.images import BadImageError
-    from xcos.engine.trainer import NonFiniteLossError
-    from xcos.models.dlib_format import DlibFormatError
-
-    user_errors = (
-        ConfigError,
-        DataError,
-        BadImageError,
-        NonFiniteLossError,
-        FileNotFoundError,
-        DlibFormatError,
-    )
-    return isinstance(err, user_errors) or type(err) in (ValueError, RuntimeError, KeyError)
+    """Exactly the project's errors (``xcos.errors.XcosError``) are the user's to fix; any
+    other exception is a bug in xcos and keeps its traceback."""
+    return isinstance(err, XcosError)
 
 
 def dispatch(args: argparse.Namespace) -> int:
@@ -198,6 +303,10 @@ def run_command(args: argparse.Namespace) -> int:
     """train / test / lfw-protocol: one process, or one of several started by torchrun."""
     from xcos.engine.distributed import Distributed, init_distributed, shutdown_distributed
 
+    if args.resume == AUTO_RESUME and not args.out:
+        raise ConfigError(
+            "-r auto: needs --out DIR, the run directory whose checkpoints/last.pth to continue"
+        )
     base, _ = merge_layers(args.template_config)
     config = load_config(args.template_config, args.specified_configs, args.overrides)
     dist, device = init_distributed(args.device)
@@ -275,9 +384,8 @@ def prepare_data(config: Config) -> None:
 def train_command(args, config: Config, run_dir: Path, device, dist=None) -> int:
     from xcos.engine.trainer import Trainer
 
-    trainer = Trainer(
-        config, run_dir, device, resume=args.resume, weights=args.pretrained, dist=dist
-    )
+    resume = resolve_resume(args.resume, run_dir, dist)
+    trainer = Trainer(config, run_dir, device, resume=resume, weights=args.pretrained, dist=dist)
     trainer.fit()
     log.info(
         "checkpoints: %s and %s",
@@ -285,6 +393,25 @@ def train_command(args, config: Config, run_dir: Path, device, dist=None) -> int
         run_dir / "checkpoints" / "best.pth",
     )
     return 0
+
+
+def resolve_resume(resume: str | None, run_dir: Path, dist=None) -> str | None:
+    """``-r auto``: ``run_dir/checkpoints/last.pth`` when it exists, else None (a fresh start).
+
+    Rank 0 looks and tells the others, so all processes of a job take the same decision even
+    if one of them sees the file system late. Any other value is returned unchanged.
+    """
+    from xcos.engine.distributed import Distributed
+
+    if resume != AUTO_RESUME:
+        return resume
+    dist = dist or Distributed()
+    last = run_dir / "checkpoints" / "last.pth"
+    if dist.broadcast(last.is_file() if dist.is_main else None):
+        log.info("-r auto: resuming from %s", last)
+        return str(last)
+    log.info("-r auto: %s does not exist, starting fresh", last)
+    return None
 
 
 def test_command(args, config: Config, run_dir: Path, device) -> int:

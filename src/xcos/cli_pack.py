@@ -8,8 +8,12 @@ import time
 
 
 def add_pack_parser(commands: argparse._SubParsersAction) -> None:
-    text = "pack an identity image folder into training shards (data.train type shard_pairs)"
-    parser = commands.add_parser("pack", help=text, description=text)
+    parser = commands.add_parser(
+        "pack",
+        help="pack an identity image folder into training shards",
+        description="Decode an identity image folder once into memory-mappable training "
+        "shards (read by data.train type shard_pairs).",
+    )
     parser.add_argument("--images", required=True, help="folder with one sub-folder per identity")
     parser.add_argument("--out", required=True, help="the shards folder to write (<name>.shards)")
     parser.add_argument("--size", type=int, default=112, help="side of the stored faces")

@@ -22,15 +22,17 @@ xcos:    a checkpoint released with the original xCos code (backbone, grid, atte
 def add_import_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "import",
-        help="convert a pretrained recognizer into an xcos weights file",
+        help="convert a pretrained recognizer to xcos weights",
         description=IMPORT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("source", choices=("dlib", "arcface", "xcos"))
+    parser.add_argument(
+        "source", choices=("dlib", "arcface", "xcos"), help="the kind of file (see above)"
+    )
     parser.add_argument("--weights", help="the file to import (dlib: optional)")
     parser.add_argument("--arch", help="arcface: the architecture of --weights")
     parser.add_argument("--out", required=True, help="the xcos file to write")
-    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
 def import_command(args: argparse.Namespace) -> int:
@@ -64,14 +66,22 @@ def import_command(args: argparse.Namespace) -> int:
 
 
 def add_protocol_parser(commands: argparse._SubParsersAction, run_arguments: Callable) -> None:
-    text = (
-        "LFW 10-fold protocol for a head trained on LFW: per fold, train on the people of the "
-        "other nine sets; cos vs xCos (learned and uniform attention) side by side"
+    parser = commands.add_parser(
+        "lfw-protocol",
+        help="LFW 10-fold protocol: cos vs xCos, per fold",
+        description="LFW 10-fold protocol for a head trained on LFW: per fold, train on the "
+        "people of the other nine sets; cos vs xCos (learned and uniform attention) side by "
+        "side.",
     )
-    parser = commands.add_parser("lfw-protocol", help=text, description=text)
     run_arguments(parser)
     parser.add_argument("--lfw", required=True, help="LFW folder (images/, pairs.txt, people.txt)")
-    parser.add_argument("--folds", type=int, nargs="+", default=list(range(1, 11)))
+    parser.add_argument(
+        "--folds",
+        type=int,
+        nargs="+",
+        default=list(range(1, 11)),
+        help="the folds to run (default: 1 to 10)",
+    )
     parser.add_argument("--no-view1", action="store_true", help="skip the View 1 quick check")
 
 

@@ -6,8 +6,12 @@ import argparse
 
 
 def add_report_parser(commands: argparse._SubParsersAction) -> None:
-    text = "write a static HTML report of a model's errors and correct decisions on a pair set"
-    parser = commands.add_parser("report", help=text, description=text)
+    parser = commands.add_parser(
+        "report",
+        help="HTML report of a model's errors on a pair set",
+        description="Write a static HTML report of a model's worst errors and a sample of "
+        "its correct decisions on a pair set, each with its explanation figure.",
+    )
     parser.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
     parser.add_argument("--pairs", required=True, help="a pair set: .pack, .csv, .bin or LFW .txt")
     parser.add_argument("--out", required=True, help="the report folder (index.html, figures/)")
@@ -15,9 +19,14 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--metrics", help="take the threshold from a test run's metrics.json")
     parser.add_argument("--errors", type=int, default=8, help="worst errors shown of each kind")
     parser.add_argument("--correct", type=int, default=8, help="correct decisions shown")
-    parser.add_argument("--layout", choices=("paper", "overlay"), default="paper")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--debug", action="store_true")
+    parser.add_argument(
+        "--layout",
+        choices=("paper", "overlay"),
+        default="paper",
+        help="figure layout: faces and maps side by side, or the maps over the faces",
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
 def report_command(args: argparse.Namespace) -> int:

@@ -8,9 +8,7 @@ import types
 import typing
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A config is invalid; the message starts with the dotted path of the faulty key."""
+from xcos.errors import ConfigError  # re-exported: defined in xcos.errors
 
 
 def _type_name(annotation: Any) -> str:

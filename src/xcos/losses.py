@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcos.errors import ConfigError
 from xcos.registry import LOSSES
 
 
@@ -36,13 +37,13 @@ class LossTerm(nn.Module):
         self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.output not in outputs:
-            raise KeyError(
+            raise ConfigError(
                 f"loss {self.name!r} reads output {self.output!r}, which the model did not "
                 f"produce (outputs: {', '.join(sorted(outputs))})"
             )
         source = outputs if self.target in outputs else batch
         if self.target not in source:
-            raise KeyError(
+            raise ConfigError(
                 f"loss {self.name!r} reads target {self.target!r}, found neither in the model "
                 f"outputs ({', '.join(sorted(outputs))}) "
                 f"nor in the batch ({', '.join(sorted(batch))})"
@@ -56,7 +57,7 @@ class LossTerm(nn.Module):
         if self.where:
             missing = [key for key in self.where if key not in batch]
             if missing:
-                raise KeyError(
+                raise ConfigError(
                     f"loss {self.name!r} selects rows by batch key(s) {missing}, which the "
                     f"batch does not hold ({', '.join(sorted(batch))}); set data.perturb"
                 )

@@ -12,7 +12,8 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from xcos.config_types import ConfigError, check_value
+from xcos.config_types import check_value
+from xcos.errors import ConfigError, XcosError
 
 T = TypeVar("T")
 
@@ -95,7 +96,12 @@ class Registry:
         self.validate(cfg, path, tuple(extra), own_keys)
         kwargs = {k: v for k, v in cfg.items() if k != "type" and k not in own_keys}
         kwargs.update(extra)
-        return self._entries[cfg["type"]](**kwargs)
+        try:
+            return self._entries[cfg["type"]](**kwargs)
+        except XcosError:
+            raise
+        except ValueError as err:  # a constructor refusing a value the config gave it
+            raise ConfigError(f"{path} ({cfg['type']}): {err}") from err
 
 
 def _register_builtins() -> None:

@@ -47,6 +47,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from xcos.data.image_folder import DataError
 from xcos.data.images import BadImageError
+from xcos.errors import SetupError
 
 __all__ = [
     "ARCFACE_TEMPLATE",
@@ -352,7 +353,7 @@ def _import_mtcnn() -> Any:
     try:
         from facenet_pytorch import MTCNN
     except ImportError as err:
-        raise RuntimeError(
+        raise SetupError(
             "face detection needs facenet-pytorch (MTCNN and its weights), installed WITHOUT its "
             "dependencies, whose pins would downgrade torch/numpy/pillow: python -m pip install "
             f"--no-deps 'facenet-pytorch>=2.5' (`make install` does this). Import failed: {err}"

@@ -8,25 +8,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# Defined in xcos.errors, re-exported here where they were first defined.
+from xcos.errors import BadImageError, DataError, UnalignedImageError  # noqa: F401
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 
 #: The EXIF orientations that swap width and height (rotations by 90 or 270 degrees).
 _TRANSPOSED = (5, 6, 7, 8)
 _ORIENTATION_TAG = 0x0112
-
-
-class DataError(ValueError):
-    """A data folder or file is missing or malformed; the message names it."""
-
-
-class BadImageError(ValueError):
-    """An image file cannot be decoded; the message names the file."""
-
-
-class UnalignedImageError(DataError):
-    """An image is not the aligned square face a model or data set takes. Faces are never
-    resized silently: a resized photo is not an aligned face, and scores on it are wrong."""
 
 
 def unaligned_message(path: str | Path, found: tuple[int, int], size: int, fix: str = "") -> str:
@@ -48,6 +38,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
             if image.getexif().get(_ORIENTATION_TAG, 1) in _TRANSPOSED:
                 return height, width
             return width, height
+    except FileNotFoundError:
+        raise BadImageError(f"image {str(path)!r}: no such file") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise BadImageError(f"cannot decode image {str(path)!r}: {err}") from err
 
@@ -77,6 +69,8 @@ def read_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
             if size is not None and image.size != (size, size):
                 image = image.resize((size, size), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise BadImageError(f"image {str(path)!r}: no such file") from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise BadImageError(f"cannot decode image {str(path)!r}: {err}") from err
 

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from xcos.cache import cache_root
 from xcos.data.pack import write_pack
 from xcos.data.pair_sets import PairSet
+from xcos.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,7 @@ def subset_folds(pair_set: PairSet, folds: Sequence[int]) -> PairSet:
     """The pairs of the given folds only, with the images they use (re-indexed)."""
     keep = np.isin(pair_set.folds, list(folds))
     if not keep.any():
-        raise ValueError(f"{pair_set.name}: no pairs in folds {list(folds)}")
+        raise DataError(f"{pair_set.name}: no pairs in folds {list(folds)}")
     return pair_set.select(keep)[0]
 
 
@@ -52,10 +54,14 @@ def align_images(paths: Sequence[str | Path], aligner: Any, batch_size: int = 32
     """Aligned faces uint8 [M, 3, S, S] of image files, in order."""
     faces = []
     paths = [str(p) for p in paths]
-    for start in range(0, len(paths), batch_size):
-        for aligned in aligner.align_batch(paths[start : start + batch_size]):
-            faces.append(aligned.face.transpose(2, 0, 1))
-        log.info("aligned %d / %d images", min(start + batch_size, len(paths)), len(paths))
+    log.info("aligning %d images", len(paths))
+    # a bar on a terminal only (disable=None): logs and redirected output stay quiet
+    with tqdm(total=len(paths), desc="align", unit="img", disable=None, leave=False) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            for aligned in aligner.align_batch(chunk):
+                faces.append(aligned.face.transpose(2, 0, 1))
+            bar.update(len(chunk))
     return np.stack(faces).astype(np.uint8)
 
 

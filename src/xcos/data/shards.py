@@ -170,9 +170,8 @@ def _decode_into(
         _Decoder(paths, size), batch_size=DECODE_BATCH, num_workers=workers, collate_fn=_as_list
     )
     skipped: list[Path] = []
-    bar = tqdm(
-        total=len(paths), unit="img", desc="pack", disable=len(paths) < PROGRESS_FROM, smoothing=0
-    )
+    quiet = True if len(paths) < PROGRESS_FROM else None  # None: a bar on a terminal only
+    bar = tqdm(total=len(paths), unit="img", desc="pack", disable=quiet, smoothing=0)
     with bar:
         for number, batch in enumerate(loader):
             for offset, (face, error) in enumerate(batch):

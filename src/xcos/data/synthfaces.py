@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from xcos.errors import ConfigError
+
 GENERATOR_VERSION = 2  # bump whenever drawing or sampling changes, so cached sets are rebuilt
 REGIONS = ("eyes", "nose", "mouth", "brows")
 DEFAULT_IDENTITIES: Mapping[str, int] = MappingProxyType({"train": 160, "val": 40, "test": 40})
@@ -388,31 +390,31 @@ def _params(
     """Validate the arguments and return them as the JSON-able dict stored in the manifest."""
     identities = {str(k): int(n) for k, n in identities.items()}
     if not identities:
-        raise ValueError("identities must name at least one split")
+        raise ConfigError("identities must name at least one split")
     for name, n in identities.items():
         if not name.isidentifier() or name.endswith("_one_region"):
-            raise ValueError(f"bad split name {name!r}: use letters, digits and underscores")
+            raise ConfigError(f"bad split name {name!r}: use letters, digits and underscores")
         if n < 2:
-            raise ValueError(f"split {name!r} needs at least 2 identities, got {n}")
+            raise ConfigError(f"split {name!r} needs at least 2 identities, got {n}")
     if images_per_identity < 2:
-        raise ValueError(f"images_per_identity must be >= 2, got {images_per_identity}")
+        raise ConfigError(f"images_per_identity must be >= 2, got {images_per_identity}")
     if pairs_per_split <= 0 or pairs_per_split % 20:
-        raise ValueError(
+        raise ConfigError(
             f"pairs_per_split must be a positive multiple of 20 (10 folds, half "
             f"same, half different), got {pairs_per_split}"
         )
     if one_region_pairs < 0 or one_region_pairs % 10:
-        raise ValueError(
+        raise ConfigError(
             f"one_region_pairs must be a multiple of 10 (10 folds), got {one_region_pairs}"
         )
     if image_size < 32:
-        raise ValueError(f"image_size must be >= 32, got {image_size}")
+        raise ConfigError(f"image_size must be >= 32, got {image_size}")
     if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+        raise ConfigError(f"seed must be >= 0, got {seed}")
     same_available = images_per_identity * (images_per_identity - 1) // 2
     for name, n in identities.items():
         if name != "train" and n * same_available < pairs_per_split // 2:
-            raise ValueError(
+            raise ConfigError(
                 f"split {name!r} has only {n * same_available} distinct same-identity "
                 f"pairs, fewer than the {pairs_per_split // 2} requested"
             )

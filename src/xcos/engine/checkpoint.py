@@ -10,7 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from xcos.errors import CheckpointError
 from xcos.models.targets import load_state_dict
+from xcos.weights_io import read_weights
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -49,15 +51,10 @@ def _fsync_dir(folder: Path) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a full training checkpoint (for ``-r``) with ``weights_only=True``."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"-r: checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt files and unsafe pickles raise several types
-        raise ValueError(f"-r: cannot read checkpoint {str(path)!r}: {err}") from err
+    state = read_weights(path, "-r: checkpoint")
     needed = ("model", "optimizers", "epoch", "step")
     if not isinstance(state, dict) or any(key not in state for key in needed):
-        raise ValueError(
+        raise CheckpointError(
             f"-r: {str(path)!r} is not an xcos training checkpoint (needs {', '.join(needed)}); "
             "use -p to load weights only"
         )
@@ -80,12 +77,12 @@ def load_weights(
         if key in own and value.shape != own[key].shape
     ]
     if mismatched:
-        raise ValueError(
+        raise CheckpointError(
             f"-p {str(path)!r} is a checkpoint of another architecture: {len(mismatched)} "
             f"parameter(s) differ in shape, first: {'; '.join(mismatched[:5])}"
         )
     if not any(key in own for key in state):
-        raise ValueError(
+        raise CheckpointError(
             f"-p {str(path)!r} shares no parameter name with this model "
             f"(checkpoint keys start with {list(state)[:3]}, model keys with {list(own)[:3]})"
         )

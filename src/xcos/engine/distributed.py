@@ -19,6 +19,7 @@ import torch
 import torch.distributed as torch_dist
 
 from xcos.engine.runtime import resolve_device
+from xcos.errors import ConfigError, SetupError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def launched_world_size() -> int:
     try:
         return int(value)
     except ValueError:
-        raise RuntimeError(f"WORLD_SIZE={value!r} is not an integer") from None
+        raise SetupError(f"WORLD_SIZE={value!r} is not an integer") from None
 
 
 def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
@@ -114,7 +115,7 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
         return Distributed(), resolve_device(device_name)
     missing = [name for name in TORCHRUN_VARIABLES if name not in os.environ]
     if missing:
-        raise RuntimeError(
+        raise SetupError(
             f"WORLD_SIZE={world_size} but {', '.join(missing)} not set: start distributed "
             "runs with torchrun (e.g. torchrun --nproc_per_node=2 main.py -tc config.json)"
         )
@@ -130,7 +131,7 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device]:
 def process_device(device_name: str, local_rank: int) -> torch.device:
     """The device of the process with ``local_rank`` on its node."""
     if ":" in device_name:
-        raise ValueError(
+        raise ConfigError(
             f"--device {device_name}: under torchrun each process takes cuda:LOCAL_RANK; "
             "pass --device cuda (or auto) and choose GPUs with CUDA_VISIBLE_DEVICES"
         )
@@ -138,7 +139,7 @@ def process_device(device_name: str, local_rank: int) -> torch.device:
     if device.type != "cuda":
         return device
     if local_rank >= torch.cuda.device_count():
-        raise RuntimeError(
+        raise SetupError(
             f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s) are "
             "visible: lower --nproc_per_node"
         )

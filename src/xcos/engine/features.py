@@ -16,12 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from xcos.cache import cache_root
 from xcos.data.image_folder import IdentityPairs
 from xcos.data.images import to_image, to_tensor
 from xcos.engine.checkpoint import save_checkpoint
+from xcos.errors import ConfigError
 from xcos.models.xcos_model import XCosModel
+from xcos.weights_io import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,9 @@ def compute_backbone_outputs(
     was_training = model.training
     model.eval()
     chunks: dict[str, list[torch.Tensor]] = {}
+    log.info("computing the backbone outputs of %d faces", count)
+    # a bar on a terminal only (disable=None): logs and redirected output stay quiet
+    bar = tqdm(total=count, desc="backbone outputs", unit="face", disable=None, leave=False)
     try:
         for start in range(0, count, batch_size):
             indices = range(start, min(start + batch_size, count))
@@ -69,9 +75,9 @@ def compute_backbone_outputs(
                 for key, value in outputs.items():
                     dtype = torch.float16 if key == "features" else torch.float32
                     chunks.setdefault(key + suffix, []).append(value.to("cpu", dtype))
-            if start // batch_size % 20 == 0:
-                log.info("backbone outputs: %d / %d faces", indices[-1] + 1, count)
+            bar.update(len(indices))
     finally:
+        bar.close()
         model.train(was_training)
     return {key: torch.cat(values) for key, values in chunks.items()}
 
@@ -95,7 +101,7 @@ def cached_backbone_outputs(
     path = cache / "features" / f"{key[:24]}.pt"
     if path.is_file():
         log.info("backbone outputs of %d faces from the cache %s", count, path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return read_weights(path, "feature cache entry")
     outputs = compute_backbone_outputs(model, face, count, device, flip, batch_size)
     save_checkpoint(outputs, path)  # atomic: never a half-written cache entry
     return outputs
@@ -174,7 +180,7 @@ def with_cached_features(
 ) -> CachedFeaturePairs:
     """Wrap a training data set so that a frozen backbone runs once per face, not per step."""
     if not isinstance(dataset, IdentityPairs):
-        raise ValueError(
+        raise ConfigError(
             f"data.cache_features: {type(dataset).__name__} is not an identity-pair data set; "
             "set data.cache_features to false"
         )

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from xcos.errors import ConfigError
 from xcos.registry import OPTIMIZERS, SCHEDULERS
 
 
@@ -34,11 +35,11 @@ def build_optimizers(
         params: list[nn.Parameter] = []
         for group in wanted:
             if group not in groups:
-                raise ValueError(
+                raise ConfigError(
                     f"{path}.groups: unknown group {group!r}; known: {', '.join(groups)}"
                 )
             if group in owner:
-                raise ValueError(
+                raise ConfigError(
                     f"{path}.groups: {group!r} is already updated by optimizers.{owner[group]}"
                 )
             owner[group] = name
@@ -49,7 +50,7 @@ def build_optimizers(
         optimizers[name] = OPTIMIZERS.build(cfg, path, own_keys=("groups",), params=param_groups)
     forgotten = [g for g, p in groups.items() if p and g not in owner]
     if forgotten:
-        raise ValueError(f"optimizers: no optimizer updates the parameter group(s) {forgotten}")
+        raise ConfigError(f"optimizers: no optimizer updates the parameter group(s) {forgotten}")
     return optimizers
 
 
@@ -85,7 +86,7 @@ def build_schedulers(
     schedulers = {}
     for name, cfg in cfgs.items():
         if name not in optimizers:
-            raise ValueError(
+            raise ConfigError(
                 f"schedulers.{name}: no optimizer named {name!r} ({', '.join(optimizers)})"
             )
         schedulers[name] = Scheduler(cfg, optimizers[name], f"schedulers.{name}")

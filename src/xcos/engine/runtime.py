@@ -11,18 +11,20 @@ from contextlib import AbstractContextManager
 import numpy as np
 import torch
 
+from xcos.errors import ConfigError, SetupError
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise SetupError(
             f"--device {name}: no CUDA GPU is available here (torch {torch.__version__}, "
             f"CUDA build: {torch.version.cuda or 'no'}); use --device cpu or --device auto"
         )
     if name not in ("cpu",) and not name.startswith("cuda"):
-        raise ValueError(f"--device {name!r}: expected auto, cpu or cuda")
+        raise ConfigError(f"--device {name!r}: expected auto, cpu or cuda")
     return torch.device(name)
 
 
@@ -31,7 +33,7 @@ def autocast_factory(amp: str, device: torch.device) -> Callable[[], AbstractCon
     if amp == "none":
         return contextlib.nullcontext
     if amp == "fp16" and device.type != "cuda":
-        raise ValueError("trainer.amp = fp16 needs a CUDA device; use bf16 on CPU")
+        raise ConfigError("trainer.amp = fp16 needs a CUDA device; use bf16 on CPU")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 

@@ -14,6 +14,7 @@ from xcos.config import Config
 from xcos.data.pair_sets import load_pair_set
 from xcos.engine.checkpoint import load_weights
 from xcos.engine.runtime import autocast_factory, seed_everything
+from xcos.errors import ConfigError
 from xcos.evaluation.evaluator import PairSetResult, evaluate_pair_set, explain_pairs, pick_examples
 from xcos.evaluation.roc import roc_figure, roc_points
 from xcos.explain.figures import example_figure, save_figure
@@ -31,7 +32,7 @@ def run_test(
     ``figures/<set>_<n>.png`` into ``run_dir``.
     """
     if not config.test.pair_sets:
-        raise ValueError("test.pair_sets: empty; name at least one pair list to test on")
+        raise ConfigError("test.pair_sets: empty; name at least one pair list to test on")
     seed_everything(config.seed, config.trainer.deterministic)
     run_dir.mkdir(parents=True, exist_ok=True)
     pair_sets = [

@@ -22,15 +22,12 @@ from xcos.engine.loading import EpochSampler, build_train_loader
 from xcos.engine.optim import build_optimizers, build_schedulers
 from xcos.engine.run_log import RunLog
 from xcos.engine.runtime import autocast_factory, rng_states, seed_everything, set_rng_states
+from xcos.errors import NonFiniteLossError  # re-exported: defined in xcos.errors
 from xcos.evaluation.evaluator import evaluate_pair_set
 from xcos.models.xcos_model import XCosModel, build_model
 from xcos.registry import DATASETS, LOSSES
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped before the bad update."""
 
 
 class Trainer:
@@ -189,7 +186,7 @@ class Trainer:
         monitor = self.cfg.validation.monitor
         names = [p.name for p in self.pair_sets]
         if monitor is not None and monitor.pair_set not in names:
-            raise ValueError(
+            raise ConfigError(
                 f"validation.monitor.pair_set: {monitor.pair_set!r} is not among the validation "
                 f"pair sets ({', '.join(names) or 'none'})"
             )

@@ -27,6 +27,7 @@ from xcos.config import ModelConfig, from_dict
 from xcos.data.images import read_rgb, to_image
 from xcos.engine.checkpoint import load_weights
 from xcos.engine.runtime import resolve_device
+from xcos.errors import CheckpointError, ConfigError, DataError, XcosError
 from xcos.evaluation.evaluator import compare_faces
 from xcos.explain.figures import LAYOUTS, most_different_cells
 from xcos.models.geometry import grid_edges
@@ -65,7 +66,7 @@ class Explanation:
     def figure(self, layout: str = "paper") -> Figure:
         """The explanation drawn in ``layout``: ``"paper"`` or ``"overlay"``."""
         if layout not in LAYOUTS:
-            raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+            raise ConfigError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
         return LAYOUTS[layout](
             self.faces[0],
             self.faces[1],
@@ -112,7 +113,7 @@ class Verifier:
         align: str = "auto",
     ) -> None:
         if align not in ("auto", "always", "never"):
-            raise ValueError(f"align: expected auto, always or never, got {align!r}")
+            raise ConfigError(f"align: expected auto, always or never, got {align!r}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.threshold = threshold
@@ -137,13 +138,13 @@ class Verifier:
         config = state.get("config") if isinstance(state, dict) else None
         weights = state_dict_of(state, path, "-p")
         if not any(key.startswith("head.grid.") for key in weights):
-            raise ValueError(
+            raise CheckpointError(
                 f"-p {str(path)!r} has no xCos head (no head.grid.* weights): it is not an xcos "
                 "model. Train one with `xcos train -tc <config>` (or import a recognizer and "
                 "train the head on it) and pass its checkpoints/best.pth"
             )
         if config is None:
-            raise ValueError(
+            raise CheckpointError(
                 f"-p {str(path)!r} holds weights only, without the config that describes the "
                 "model; use a checkpoint written by `xcos train` (checkpoints/best.pth)"
             )
@@ -162,7 +163,7 @@ class Verifier:
     def require_threshold(self) -> float:
         """The decision threshold; an error saying where to get one when there is none."""
         if self.threshold is None:
-            raise ValueError(
+            raise ConfigError(
                 "no decision threshold: pass --threshold, or --metrics with a test run's "
                 "metrics.json, or use a checkpoint written after validation"
             )
@@ -213,8 +214,8 @@ class Verifier:
         source = image if isinstance(image, (str, Path)) else rgb
         try:
             return self._get_aligner().align(source).face
-        except ValueError as err:  # DataError: no face found, image too small, ...
-            raise ValueError(f"{which}: {err}") from err
+        except XcosError as err:  # DataError: no face found, image too small, ...
+            raise DataError(f"{which}: {err}") from err
 
     def _get_aligner(self):
         if self._aligner is None:
@@ -230,8 +231,8 @@ def _to_rgb(image: ImageLike, which: str) -> np.ndarray:
     if isinstance(image, (str, Path)):
         try:
             return read_rgb(image)
-        except ValueError as err:
-            raise ValueError(f"{which}: {err}") from err
+        except XcosError as err:  # BadImageError: missing or undecodable file
+            raise DataError(f"{which}: {err}") from err
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
     array = np.asarray(image)
@@ -244,7 +245,14 @@ def _to_rgb(image: ImageLike, which: str) -> np.ndarray:
 
 def threshold_from_metrics(path: str | Path) -> float:
     """The xCos threshold of the first pair set in a test run's metrics.json."""
-    metrics = json.loads(Path(path).read_text())
-    for per_score in metrics.values():
-        return float(per_score["xcos"]["threshold"])
-    raise ValueError(f"{path}: no pair set in this metrics.json")
+    try:
+        metrics = json.loads(Path(path).read_text())
+        for per_score in metrics.values():
+            return float(per_score["xcos"]["threshold"])
+    except FileNotFoundError:
+        raise DataError(f"--metrics {str(path)!r}: no such file") from None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        raise DataError(
+            f"--metrics {str(path)!r}: not a test run's metrics.json ({type(err).__name__}: {err})"
+        ) from err
+    raise DataError(f"--metrics {str(path)!r}: no pair set in this metrics.json")

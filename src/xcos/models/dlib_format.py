@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xcos.errors import CheckpointNotFoundError, DlibFormatError, DlibWeightsNotFoundError
+
 __all__ = [
     "DLIB_MEANS",
     "EMBEDDING_DIM",
@@ -72,14 +74,6 @@ _FC_NO_BIAS = 1  # dlib's fc_bias_mode::FC_NO_BIAS
 _AFFINE_CONV_MODE = 0  # dlib's layer_mode::CONV_MODE: one gamma/beta per channel
 _ALIAS_VERSION = 1
 _TENSOR_VERSION = 2
-
-
-class DlibFormatError(ValueError):
-    """The file is not dlib's face ResNet as defined here; the message names file and offset."""
-
-
-class DlibWeightsNotFoundError(FileNotFoundError):
-    """The ``face-recognition-models`` package (which ships the .dat) is not installed."""
 
 
 @dataclass(frozen=True)
@@ -358,6 +352,8 @@ def read_dlib_resnet(path: str | Path) -> DlibResNetWeights:
             (truncated, trailing bytes, unexpected layer, shape, stride or padding).
     """
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"dlib weights {str(path)!r} does not exist (no such file)")
     reader = _Reader(path.read_bytes(), path)
     reader.expect_int(1, "the loss wrapper version")
     reader.expect_string(_LOSS_NAME, "loss layer")

@@ -29,6 +29,7 @@ import xcos.models.backbones.arcface_torch  # noqa: F401
 from xcos.config import ModelConfig, from_dict
 from xcos.config_types import ConfigError
 from xcos.engine.checkpoint import save_checkpoint
+from xcos.errors import CheckpointError
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import build_model
 from xcos.registry import BACKBONES
@@ -101,12 +102,12 @@ def import_recognizer(weights: str | Path, arch: str, out: str | Path) -> Path:
 
     ``weights`` is read unchanged: a plain state dict, or one under ``state_dict`` / ``model``;
     a ``module.`` prefix (DDP saves) is stripped. Every key and shape must match the backbone
-    of ``ARCHITECTURES[arch]``; otherwise ``ValueError`` names the file, the architecture and the
-    first missing / unexpected / wrong-shape keys. The output ``out`` holds ``format``,
+    of ``ARCHITECTURES[arch]``; otherwise ``CheckpointError`` names the file, the architecture
+    and the first missing / unexpected / wrong-shape keys. The output ``out`` holds ``format``,
     ``version``, ``backbone`` (the backbone config) and ``state_dict``. Returns ``out``.
     """
     if arch not in ARCHITECTURES:
-        raise ValueError(
+        raise ConfigError(
             f"unknown recognizer architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}"
         )
     backbone_cfg = copy.deepcopy(ARCHITECTURES[arch])
@@ -133,22 +134,22 @@ def load_recognizer(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     data = read_checkpoint(path, "load_recognizer")
     if not isinstance(data, dict) or data.get("format") != RECOGNIZER_FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(
+        raise CheckpointError(
             f"load_recognizer: {str(path)!r} is not an {RECOGNIZER_FORMAT} file (format "
             f"{found!r}); write one with import_recognizer (`xcos import`)"
         )
     if data.get("version") != RECOGNIZER_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"load_recognizer: {str(path)!r} has version {data.get('version')!r}; "
             f"this xcos reads version {RECOGNIZER_VERSION}"
         )
     backbone_cfg = data.get("backbone")
     if not isinstance(backbone_cfg, dict):
-        raise ValueError(f"load_recognizer: {str(path)!r} has no backbone config")
+        raise CheckpointError(f"load_recognizer: {str(path)!r} has no backbone config")
     try:
         backbone = _build_backbone(backbone_cfg)
     except (ConfigError, ValueError) as err:
-        raise ValueError(f"load_recognizer: {str(path)!r}: backbone config: {err}") from err
+        raise CheckpointError(f"load_recognizer: {str(path)!r}: backbone config: {err}") from err
     state = state_dict_of(data.get("state_dict"), path, "load_recognizer")
     check_fit(state, _shapes(backbone), f"{str(path)!r} (backbone {backbone_cfg})")
     # Built on the meta device and given the file's tensors (assign=True): no random
@@ -158,7 +159,7 @@ def load_recognizer(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         name for name, t in [*backbone.named_parameters(), *backbone.named_buffers()] if t.is_meta
     ]
     if left:
-        raise ValueError(f"load_recognizer: {str(path)!r} leaves {left[:5]} without values")
+        raise CheckpointError(f"load_recognizer: {str(path)!r} leaves {left[:5]} without values")
     return backbone.eval(), copy.deepcopy(backbone_cfg)
 
 
@@ -220,7 +221,7 @@ def _fold_conv_biases(
             continue  # a conv already without bias, or a missing BN that check_fit reports
         mean = state[mean_key]
         if bias.shape != mean.shape:
-            raise ValueError(
+            raise CheckpointError(
                 f"{source}: conv bias {block}.0.bias {tuple(bias.shape)} does not match "
                 f"{mean_key} {tuple(mean.shape)}"
             )
@@ -257,7 +258,7 @@ def read_weights(path: str | Path, what: str) -> dict[str, torch.Tensor]:
 def check_fit(
     state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], source: str
 ) -> None:
-    """Raise ``ValueError`` naming ``source`` unless keys and shapes match exactly."""
+    """Raise ``CheckpointError`` naming ``source`` unless keys and shapes match exactly."""
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     wrong = [
@@ -276,7 +277,7 @@ def check_fit(
         )
         if items
     ]
-    raise ValueError(f"{source}: the weights do not fit: {'; '.join(parts)}")
+    raise CheckpointError(f"{source}: the weights do not fit: {'; '.join(parts)}")
 
 
 def _fill_batch_counters(

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcos.errors import CheckpointError
 from xcos.registry import BACKBONES, TARGETS
+from xcos.weights_io import read_weights
 
 
 @TARGETS.register("self")
@@ -54,7 +56,7 @@ class PretrainedTarget(nn.Module):
         state = load_state_dict(checkpoint, "model.target.checkpoint")
         missing, unexpected = self.network.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(
+            raise CheckpointError(
                 f"model.target.checkpoint {checkpoint!r} does not fit model.target.backbone: "
                 f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
                 f"({len(unexpected)})"
@@ -77,13 +79,7 @@ class PretrainedTarget(nn.Module):
 
 def read_checkpoint(path: str | Path, what: str) -> Any:
     """Read a torch file safely (``weights_only=True``: no code runs); errors name ``what``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: weights file {str(path)!r} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise ValueError(f"{what}: cannot read {str(path)!r} as safe torch weights: {err}") from err
+    return read_weights(path, f"{what}: weights file")
 
 
 def state_dict_of(data: Any, path: str | Path, what: str) -> dict[str, torch.Tensor]:
@@ -92,7 +88,7 @@ def state_dict_of(data: Any, path: str | Path, what: str) -> dict[str, torch.Ten
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ValueError(f"{what}: {str(path)!r} does not hold a state dict of tensors")
+        raise CheckpointError(f"{what}: {str(path)!r} does not hold a state dict of tensors")
     return data
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcos.errors import CheckpointError, ConfigError
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_head import patch_cosine
 from xcos.registry import BACKBONES, HEADS, IDENTITY_HEADS, TARGETS
@@ -44,9 +45,9 @@ class XCosModel(nn.Module):
     ) -> None:
         super().__init__()
         if cos not in ("grid", "embedding"):
-            raise ValueError(f"model.cos: expected 'grid' or 'embedding', got {cos!r}")
+            raise ConfigError(f"model.cos: expected 'grid' or 'embedding', got {cos!r}")
         if cos == "embedding" and not getattr(backbone, "embedding_dim", None):
-            raise ValueError("model.cos is 'embedding' but the backbone has no embedding layer")
+            raise ConfigError("model.cos is 'embedding' but the backbone has no embedding layer")
         self.backbone = backbone
         self.head = head
         self.target = target
@@ -210,7 +211,7 @@ def build_model(model_cfg: Any, num_classes: int | None = None) -> XCosModel:
     identity_head = None
     if model_cfg.identity_head is not None:
         if num_classes is None:
-            raise ValueError("model.identity_head needs the number of training identities")
+            raise ConfigError("model.identity_head needs the number of training identities")
         grid_cells = backbone.grid_size**2
         identity_head = IDENTITY_HEADS.build(
             model_cfg.identity_head,
@@ -239,7 +240,7 @@ def load_recognizer_weights(backbone: nn.Module, path: str, what: str) -> None:
     state = state_dict_of(read_checkpoint(path, what), path, what)
     missing, unexpected = backbone.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointError(
             f"{what}: {path!r} does not fit model.backbone: missing {missing[:5]} "
             f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}); import the "
             "recognizer with `xcos import` and use the architecture it names"

@@ -31,6 +31,7 @@ from torch import nn
 
 from xcos.cache import cache_root
 from xcos.engine.checkpoint import save_checkpoint
+from xcos.errors import ConfigError
 from xcos.models.dlib_format import (
     DLIB_MEANS,
     EMBEDDING_DIM,
@@ -163,7 +164,7 @@ class DlibResNet(nn.Module):
         elif str(weights).endswith(".pth"):
             self.load_state_dict(load_state_dict(weights, "dlib_resnet weights"))
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"DlibResNet weights must be 'auto', a .dat or .pth path, or None; got {weights!r}"
             )
 

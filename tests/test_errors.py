@@ -1,0 +1,204 @@
+"""The error hierarchy (xcos.errors), the CLI's rule for it, and the one safe weights reader."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+import xcos.cli
+from tests.conftest import DEMO_CONFIG, REPO
+from xcos.cli import main
+from xcos.errors import CheckpointError, CheckpointNotFoundError, XcosError
+from xcos.weights_io import read_weights
+
+# (public module, class name, the built-in base it had before xcos.errors existed)
+PUBLIC_ERRORS = [
+    ("xcos.config", "ConfigError", ValueError),
+    ("xcos.config_types", "ConfigError", ValueError),
+    ("xcos.data.images", "DataError", ValueError),
+    ("xcos.data.image_folder", "DataError", ValueError),
+    ("xcos.data.images", "BadImageError", ValueError),
+    ("xcos.data.images", "UnalignedImageError", ValueError),
+    ("xcos.engine.trainer", "NonFiniteLossError", RuntimeError),
+    ("xcos.models.dlib_format", "DlibFormatError", ValueError),
+    ("xcos.models.dlib_format", "DlibWeightsNotFoundError", FileNotFoundError),
+    ("xcos.errors", "CheckpointError", ValueError),
+    ("xcos.errors", "CheckpointNotFoundError", FileNotFoundError),
+    ("xcos.errors", "SetupError", RuntimeError),
+]
+
+
+@pytest.mark.parametrize(("module", "name", "builtin"), PUBLIC_ERRORS)
+def test_every_project_error_is_an_xcos_error(module, name, builtin):
+    cls = getattr(importlib.import_module(module), name)
+    assert issubclass(cls, XcosError), f"{module}.{name} is not an XcosError"
+    assert issubclass(cls, builtin), f"{module}.{name} lost its base {builtin.__name__}"
+    assert cls is getattr(importlib.import_module("xcos.errors"), name)  # one definition
+
+
+def test_errors_are_defined_in_xcos_errors_only():
+    """An exception class defined elsewhere in src/xcos would escape the CLI's rule."""
+    strays = []
+    for path in sorted((REPO / "src" / "xcos").rglob("*.py")):
+        if path.name == "errors.py" and path.parent.name == "xcos":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                (getattr(base, "id", None) or getattr(base, "attr", "")).endswith(
+                    ("Error", "Exception")
+                )
+                for base in node.bases
+            ):
+                strays.append(f"{path.relative_to(REPO)}: {node.name}")
+    assert not strays, f"define these in xcos/errors.py: {strays}"
+
+
+# ----------------------------------------------------------------------------- the CLI rule
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["test", "-tc", "missing.json"], "config file 'missing.json' does not exist"),
+        (
+            ["train", "-tc", str(DEMO_CONFIG), "--set", "trainer.epochs"],
+            "expected dotted.key=value",
+        ),
+    ],
+)
+def test_an_xcos_error_is_one_line_with_status_2(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError("bug"),
+        KeyError("bug"),
+        RuntimeError("bug"),
+        FileNotFoundError("bug"),
+        TypeError("bug"),
+    ],
+)
+def test_any_other_exception_is_a_bug_and_propagates(monkeypatch, error):
+    def dispatch(args):
+        raise error
+
+    monkeypatch.setattr(xcos.cli, "dispatch", dispatch)
+    with pytest.raises(type(error)) as raised:
+        main(["test", "-tc", "missing.json"])
+    assert raised.value is error
+
+
+def test_a_project_error_from_anywhere_is_a_user_error(monkeypatch, capsys):
+    def dispatch(args):
+        raise CheckpointError("-p 'w.pth': not a PyTorch checkpoint (test)")
+
+    monkeypatch.setattr(xcos.cli, "dispatch", dispatch)
+    assert main(["test", "-tc", "missing.json"]) == 2
+    assert capsys.readouterr().err == "error: -p 'w.pth': not a PyTorch checkpoint (test)\n"
+
+
+# ----------------------------------------------------------------------------- read_weights
+
+
+def _leave_marker(path: str) -> None:
+    Path(path).write_text("code ran")
+
+
+class _Payload:
+    """Pickles as a call to ``_leave_marker``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_leave_marker, (str(self.marker),))
+
+
+class _Custom:
+    """A harmless custom class: still not weights."""
+
+
+def _not_checkpoints(folder: Path) -> dict[str, Path]:
+    files = {name: folder / f"{name}.pth" for name in ("text", "random", "pickle", "custom")}
+    files["text"].write_text("these are not weights\n")
+    files["random"].write_bytes(os.urandom(4096))
+    files["pickle"].write_bytes(pickle.dumps(_Custom()))
+    torch.save({"model": {"w": torch.ones(2)}, "extra": _Custom()}, files["custom"])
+    files["empty"] = folder / "empty.pth"
+    files["empty"].write_bytes(b"")
+    return files
+
+
+def test_read_weights_reads_a_state_dict(tmp_path):
+    torch.save({"w": torch.arange(3)}, tmp_path / "w.pth")
+    assert read_weights(tmp_path / "w.pth", "-p")["w"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name", ["text", "random", "pickle", "custom", "empty"])
+def test_read_weights_refuses_what_is_not_a_checkpoint(tmp_path, name):
+    path = _not_checkpoints(tmp_path)[name]
+    with pytest.raises(CheckpointError) as raised:
+        read_weights(path, "-p weights")
+    message = str(raised.value)
+    assert message.startswith(f"-p weights {str(path)!r}: not a PyTorch checkpoint (")
+    assert "weights_only" not in message and "\n" not in message
+    if name == "custom":
+        assert "_Custom" in message
+
+
+def test_read_weights_runs_no_code(tmp_path):
+    marker = tmp_path / "marker"
+    torch.save({"w": _Payload(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"evil\.pth': not a PyTorch checkpoint .*_leave"):
+        read_weights(tmp_path / "evil.pth", "-p")
+    assert not marker.exists()
+
+
+def test_read_weights_missing_file_and_folder(tmp_path):
+    with pytest.raises(
+        CheckpointNotFoundError, match=r"-r: checkpoint '.*nope\.pth'.*no such file"
+    ):
+        read_weights(tmp_path / "nope.pth", "-r: checkpoint")
+    with pytest.raises(FileNotFoundError):  # still the built-in type callers may catch
+        read_weights(tmp_path / "nope.pth", "-r: checkpoint")
+    with pytest.raises(CheckpointError, match="not a file"):
+        read_weights(tmp_path, "-p")
+
+
+def test_no_other_torch_load_in_the_package():
+    """read_weights is the only reader: one place keeps weights_only=True."""
+    callers = [
+        str(path.relative_to(REPO))
+        for path in (REPO / "src" / "xcos").rglob("*.py")
+        if "torch.load(" in path.read_text(encoding="utf-8") and path.name != "weights_io.py"
+    ]
+    assert not callers
+
+
+@pytest.mark.parametrize("name", ["text", "pickle", "custom"])
+def test_cli_names_a_file_that_is_not_a_checkpoint(tmp_path, capsys, name):
+    path = _not_checkpoints(tmp_path)[name]
+    args = ["explain", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-p", str(path)]
+    assert main([*args, "--device", "cpu", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path.name}': not a PyTorch checkpoint (" in err, err
+    assert "weights_only" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_names_a_missing_weights_file(tmp_path, capsys):
+    args = ["explain", "a.png", "b.png", "-p", str(tmp_path / "absent.pth"), "--device", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "absent.pth' does not exist (no such file)" in err and len(err.splitlines()) == 1
