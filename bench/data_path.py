@@ -28,8 +28,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 from train_step import make_step  # the sibling bench script: bench/ is on sys.path
 
-from xcos.components import synthfaces
 from xcos.config import Config, load_config
+from xcos.data.generators import synthfaces
 from xcos.data.image_folder import ImageFolderPairs
 from xcos.data.shards import ShardPairs, ShardStore, write_shards
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from xcos.data.images import read_rgb, to_tensor
+from xcos.evaluation.evaluator import compare_images
 from xcos.explain.baselines import (
     GradCAM,
     Occlusion,
@@ -40,7 +41,6 @@ from xcos.explain.baselines import (
     XCosContribution,
     XCosDifference,
     XCosPatchCosine,
-    compare_pairs,
     default_layer,
     xcos_target,
 )
@@ -165,7 +165,7 @@ def one_region_pairs(path: Path, count: int, size: int) -> list[OneRegionPair]:
 def score_fn(model) -> Callable:
     @torch.no_grad()
     def scores(faces_a: torch.Tensor, faces_b: torch.Tensor) -> dict[str, float]:
-        out = compare_pairs(model, faces_a, faces_b)
+        out = compare_images(model, faces_a, faces_b)
         return {"xcos": float(out["xcos"][0]), "cos": float(out["cos"][0])}
 
     return scores
@@ -229,7 +229,7 @@ def print_curves(model, triples, methods: dict[str, Method], spans) -> None:
     """Deletion / insertion AUCs of every method, B's cells replaced by the donor's."""
 
     def batch_scores(faces_a, faces_b):
-        return compare_pairs(model, faces_a, faces_b)["xcos"].float().cpu().numpy()
+        return compare_images(model, faces_a, faces_b)["xcos"].float().cpu().numpy()
 
     print(f"\ndeletion / insertion, B's cells replaced by a donor's: {len(triples)} pairs")
     print(f"{'method':<20}{'deletion (lower)':>18}{'insertion (higher)':>20}")
@@ -247,7 +247,7 @@ def attention_response(model, triples, spans) -> float:
     blocks = occluder_cells(model.backbone.grid_size, len(triples))
 
     def attention(face_a, face_b):
-        return compare_pairs(model, face_a, face_b)["attention"][0].float().cpu().numpy()
+        return compare_images(model, face_a, face_b)["attention"][0].float().cpu().numpy()
 
     drops = [
         attention_drops(attention, a, b, cells, spans)

@@ -65,7 +65,7 @@ TINY_SYNTH = {
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> Path:
     """A tiny 64x64 SynthFaces set shared by the tests of one session."""
-    from xcos.components import synthfaces
+    from xcos.data.generators import synthfaces
 
     root = tmp_path_factory.mktemp("synth")
     synthfaces(str(root), **{k: v for k, v in TINY_SYNTH.items() if k != "type"})

@@ -101,9 +101,9 @@ def test_gradcam_maps_are_non_negative_and_not_all_zero(model, pair):
 
 def test_gradcam_matches_a_hand_computation(model, pair):
     model.eval()
-    # IR-SE has no grid_layer: the default is the last unit of its body, whose output is the
-    # grid. The grid is computed here by hand, unit by unit, with no hook and no default_layer.
-    assert not hasattr(model.backbone, "grid_layer")
+    # IR-SE names the last unit of its body as its grid_layer, whose output is the grid. The
+    # grid is computed here by hand, unit by unit, with no hook and no default_layer.
+    assert model.backbone.grid_layer is model.backbone.body[-1]
     assert default_layer(model) is model.backbone.body[-1]
     grid = torch.stack(pair)
     with torch.no_grad():
@@ -134,8 +134,7 @@ def test_default_layer_outputs_the_grid(backbone, size):
     torch.manual_seed(0)
     network = BACKBONES.build(backbone, "model.backbone").eval()
     layer = default_layer(SimpleNamespace(backbone=network))
-    named = getattr(network, "grid_layer", None)
-    assert layer is (named if named is not None else network.body[-1])
+    assert layer is network.grid_layer
     caught = []
     handle = layer.register_forward_hook(lambda m, i, o: caught.append(o))
     try:

@@ -3,11 +3,18 @@
 ``build(cfg, path)`` pops ``type`` and calls the registered class with the remaining keys, so
 the constructor signature is the schema: unknown or missing keys and wrong types fail with the
 dotted config path before anything is constructed.
+
+Each registry names the modules that fill it (``locations``, as mmengine's registries do) and
+imports them on its first look-up (``get``, ``build``, ``names``, ``in``): adding a component is
+one decorator in its own module plus, for a new module, its path in ``locations`` below.
+Importing this module imports no component (and no torch), so a component module can import it
+without a cycle.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -21,9 +28,24 @@ T = TypeVar("T")
 class Registry:
     """A named mapping from ``type`` strings to classes or factory functions."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, locations: tuple[str, ...] = ()) -> None:
         self.kind = kind
+        #: Modules whose import registers this registry's built-in entries.
+        self.locations = locations
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._imported = False
+
+    def import_locations(self) -> None:
+        """Import ``locations`` once (their decorators fill the registry)."""
+        if self._imported:
+            return
+        self._imported = True  # set first: a location may look itself up while importing
+        try:
+            for module in self.locations:
+                importlib.import_module(module)
+        except BaseException:
+            self._imported = False
+            raise
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
         """Decorator that registers a class or function under ``name`` (default: its __name__)."""
@@ -47,16 +69,16 @@ class Registry:
         self.register(name)(obj)
 
     def names(self) -> list[str]:
-        _register_builtins()
+        self.import_locations()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self.import_locations()
         return name in self._entries
 
     def get(self, name: str, path: str = "type") -> Callable[..., Any]:
         """The entry called ``name``; an unknown name fails with choices and a close match."""
-        if name not in self._entries:
-            _register_builtins()
+        self.import_locations()
         if name not in self._entries:
             hint = difflib.get_close_matches(str(name), self._entries, n=1)
             did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
@@ -104,12 +126,6 @@ class Registry:
             raise ConfigError(f"{path} ({cfg['type']}): {err}") from err
 
 
-def _register_builtins() -> None:
-    # Imported on first look-up rather than at import time: the component modules import
-    # this module, and `import xcos.registry` must stay cheap.
-    import xcos.components  # noqa: F401
-
-
 def check_kwargs(
     factory: Callable[..., Any],
     kwargs: Mapping[str, Any],
@@ -144,14 +160,19 @@ def check_kwargs(
             raise ConfigError(f"{path}.{name}: required key is missing")
 
 
-BACKBONES = Registry("backbone")
-HEADS = Registry("head")
-IDENTITY_HEADS = Registry("identity head")
-TARGETS = Registry("target")
-LOSSES = Registry("loss")
-METRICS = Registry("metric")
-DATASETS = Registry("dataset")
-PAIR_SETS = Registry("pair set")
-OPTIMIZERS = Registry("optimizer")
-SCHEDULERS = Registry("scheduler")
-GENERATORS = Registry("data generator")
+BACKBONES = Registry("backbone", ("xcos.models.backbones",))
+HEADS = Registry("head", ("xcos.models.xcos_head",))
+IDENTITY_HEADS = Registry("identity head", ("xcos.models.margin",))
+TARGETS = Registry("target", ("xcos.models.targets",))
+LOSSES = Registry("loss", ("xcos.losses",))
+METRICS = Registry("metric", ("xcos.evaluation.verification", "xcos.evaluation.roc"))
+DATASETS = Registry(
+    "dataset", ("xcos.data.image_folder", "xcos.data.lfw_people", "xcos.data.shards")
+)
+PAIR_SETS = Registry(
+    "pair set",
+    ("xcos.data.pair_sets", "xcos.data.lfw", "xcos.data.insightface_bin", "xcos.data.pack"),
+)
+OPTIMIZERS = Registry("optimizer", ("xcos.engine.optim",))
+SCHEDULERS = Registry("scheduler", ("xcos.engine.optim",))
+GENERATORS = Registry("data generator", ("xcos.data.generators",))

@@ -1,20 +1,88 @@
-"""The one reader of torch weight files: safe (no code runs), with errors that name the file.
+"""Torch weight files: the one reader, the one writer and the one "do these weights fit" check.
 
 Models, importers, the trainer and the feature cache all read ``.pth`` / ``.pt`` files through
-``read_weights``; it lives outside ``xcos.engine`` so that models and importers need not
-import the training engine.
+``read_weights`` (safe: no code runs; errors name the file), write them through
+``save_checkpoint`` (atomic) and check a state dict against a model with ``check_fit``. This
+module lives outside ``xcos.engine`` so that models and importers need not import the training
+engine.
 """
 
 from __future__ import annotations
 
 import pickle
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from xcos.errors import CheckpointError, CheckpointNotFoundError
+from xcos.io_utils import atomic_save
+
+
+def save_checkpoint(state: Any, path: str | Path) -> None:
+    """Write ``state`` with ``torch.save`` via a temporary file in the same folder and a rename.
+
+    A crash at any point leaves either the previous file or the new one, never a partial file.
+    """
+    atomic_save(state, path)
+
+
+def check_fit(
+    state: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Size] | nn.Module,
+    source: str,
+    target: str = "this model",
+    *,
+    strict: bool = True,
+    hint: str = "",
+) -> tuple[list[str], list[str]]:
+    """Check that the weights ``state`` fit ``expected`` (a model, or its key -> shape map).
+
+    Returns ``(missing, unexpected)`` keys. Raises ``CheckpointError`` with one message format,
+    "<source> does not fit <target>[ (diagnosis)]: N missing (first: ...); N unexpected
+    (first: ...); N with the wrong shape (file vs model) (first: key (file) vs (model))[; hint]",
+    when ``strict`` and any key is missing, unexpected or of the wrong shape; when not
+    ``strict`` (``-p``: load what fits, report the rest), only when a shape differs or no key
+    is shared at all.
+    """
+    if isinstance(expected, nn.Module):
+        expected = {key: value.shape for key, value in expected.state_dict().items()}
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    wrong = [
+        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key])}"
+        for key in expected
+        if key in state and state[key].shape != expected[key]
+    ]
+    shared = len(state) > len(unexpected)
+    if not (wrong or not shared or (strict and (missing or unexpected))):
+        return missing, unexpected
+    if wrong:
+        diagnosis = (
+            f" (a checkpoint of another architecture: {len(wrong)} parameter(s) differ in shape)"
+        )
+    elif not shared:
+        diagnosis = (
+            f" (it shares no parameter name with it: file keys start with {list(state)[:3]}, "
+            f"model keys with {list(expected)[:3]})"
+        )
+    else:
+        diagnosis = ""
+    parts = [
+        f"{len(items)} {label} (first: {', '.join(items[:5])})"
+        for label, items in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("with the wrong shape (file vs model)", wrong),
+        )
+        if items
+    ]
+    if hint:
+        parts.append(hint)
+    raise CheckpointError(f"{source} does not fit {target}{diagnosis}: {'; '.join(parts)}")
 
 
 def read_weights(path: str | Path, what: str) -> Any:

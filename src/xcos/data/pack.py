@@ -18,17 +18,14 @@ let ``faces.npy`` be memory-mapped, so large sets cost no RAM until faces are us
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from xcos.data.image_folder import DataError
 from xcos.data.pair_sets import PairSet
+from xcos.io_utils import atomic_folder, read_manifest, write_synced
 from xcos.registry import PAIR_SETS
 
 PACK_FORMAT = "xcos-pack"
@@ -78,18 +75,12 @@ def write_pack(
     members = _json_members(where, arrays, image_ids, source, alignment, extra)
     if target.exists() and not overwrite:
         raise DataError(f"{where}: already exists; delete it or pass overwrite=True")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_folder(target) as temp:
         for key, array in arrays.items():
-            _write_file(temp / f"{key}.npy", lambda handle, a=array: np.save(handle, a))
+            write_synced(temp / f"{key}.npy", lambda handle, a=array: np.save(handle, a))
         for file_name, content in members.items():
             text = json.dumps(content, indent=1, ensure_ascii=False) + "\n"
-            _write_file(temp / file_name, lambda handle, t=text: handle.write(t.encode()))
-        move_into_place(temp, target)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+            write_synced(temp / file_name, lambda handle, t=text: handle.write(t.encode()))
     return target
 
 
@@ -207,40 +198,15 @@ def _json_members(
     return members
 
 
-def _write_file(path: Path, write: Callable[[BinaryIO], object]) -> None:
-    # fsync before the rename so a crash cannot leave a renamed pack with unwritten data
-    with path.open("wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def move_into_place(temp: Path, target: Path) -> None:
-    """Rename ``temp`` to ``target``; an existing ``target`` is swapped out, then deleted."""
-    if not target.exists():
-        temp.rename(target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    old.rmdir()  # only the unique name is wanted; rename needs it free
-    target.rename(old)
-    try:
-        temp.rename(target)
-    except BaseException:
-        old.rename(target)  # put the previous pack back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 # --- reading -------------------------------------------------------------------------------
 
 
 def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise DataError(f"{path}: missing pack member; rebuild the pack (xcos prepare)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: corrupt JSON ({err}); rebuild the pack") from None
+    return read_manifest(
+        path,
+        missing="missing pack member; rebuild the pack (xcos prepare)",
+        corrupt="rebuild the pack",
+    )
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from xcos.cache import cache_root
 from xcos.data.pack import write_pack
 from xcos.data.pair_sets import PairSet
 from xcos.errors import DataError
+from xcos.io_utils import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +163,6 @@ def cached_faces(
     if not target.is_file():
         log.info("aligning %d images into the cache %s", len(paths), target)
         faces = align_images(paths, aligner, batch_size)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(temp, faces)
-        os.replace(temp, target)  # atomic: a crash never leaves a half-written cache entry
+        with atomic_write(target) as stream:  # a crash never leaves a half-written entry
+            np.save(stream, faces)
     return np.load(target, mmap_mode="r"), key

@@ -22,8 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +33,7 @@ from tqdm import tqdm
 
 from xcos.data.image_folder import DataError, IdentityPairs, scan_image_folder
 from xcos.data.images import BadImageError, read_rgb
-from xcos.data.pack import move_into_place
+from xcos.io_utils import atomic_folder, fsync_file, read_manifest
 from xcos.registry import DATASETS
 
 log = logging.getLogger(__name__)
@@ -96,9 +94,7 @@ def write_shards(
         target,
         workers,
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    with atomic_folder(target) as temp:
         writer = _ShardWriter(temp, image_size, shard_size, len(paths))
         skipped = _decode_into(writer, paths, identities, image_size, workers, skip_bad_images)
         shards = writer.finish()
@@ -109,10 +105,6 @@ def write_shards(
             "skip_bad_images": skip_bad_images,
         }
         _write_json(temp / MANIFEST, _manifest(root, kept_names, shards, settings, skipped))
-        move_into_place(temp, target)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
     return target
 
 
@@ -239,7 +231,7 @@ class _ShardWriter:
         self.current = mapped = None  # unmaps the file
         if short is not None:
             np.save(path, short, allow_pickle=False)
-        _fsync(path)
+        fsync_file(path)
         entry = {"file": path.name, "images": self.filled, "bytes": path.stat().st_size}
         self.shards.append(entry)
 
@@ -250,22 +242,13 @@ def _write_labels(path: Path, root: Path, names: list[str], identities: np.ndarr
     if len(kept) < 2:
         raise DataError(f"{root}: fewer than 2 identities have readable images")
     np.save(path, labels.astype(np.int64), allow_pickle=False)
-    _fsync(path)
+    fsync_file(path)
     return [names[i] for i in kept]
 
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:
     path.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    _fsync(path)
-
-
-def _fsync(path: Path) -> None:
-    # before the rename, so a crash cannot leave a renamed folder with unwritten data
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    fsync_file(path)
 
 
 def _manifest(
@@ -371,12 +354,11 @@ class ShardStore:
 
 def _read_manifest(path: Path) -> dict[str, Any]:
     """The manifest after checks of its format, version, types and counts."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing; not a shards folder (write one with xcos pack)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: corrupt JSON ({err}); rewrite the shards (xcos pack)") from None
+    manifest = read_manifest(
+        path,
+        missing="missing; not a shards folder (write one with xcos pack)",
+        corrupt="rewrite the shards (xcos pack)",
+    )
     if not isinstance(manifest, dict) or manifest.get("format") != SHARDS_FORMAT:
         raise DataError(f"{path}: not a shards manifest (format must be {SHARDS_FORMAT!r})")
     if manifest.get("version") != SHARDS_VERSION:

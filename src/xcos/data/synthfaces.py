@@ -14,10 +14,7 @@ import dataclasses
 import itertools
 import json
 import logging
-import os
-import shutil
 import struct
-import tempfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from xcos.errors import ConfigError
+from xcos.errors import ConfigError, DataError
+from xcos.io_utils import atomic_folder, read_manifest
 
 GENERATOR_VERSION = 2  # bump whenever drawing or sampling changes, so cached sets are rebuilt
 REGIONS = ("eyes", "nose", "mouth", "brows")
@@ -588,9 +586,10 @@ def _generate_into(root: Path, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_manifest(root: Path) -> dict[str, Any] | None:
+    """The set's manifest, or None where ``root`` holds no (readable) SynthFaces set."""
     try:
-        return json.loads((root / "manifest.json").read_text())
-    except (OSError, ValueError):
+        return read_manifest(root / "manifest.json", "missing", "regenerate the set")
+    except DataError:
         return None
 
 
@@ -622,19 +621,9 @@ def _generate(root: Path, params: dict[str, Any]) -> dict[str, Any]:
         raise FileExistsError(
             f"{root} exists, is not empty and is not a SynthFaces set; refusing to replace it"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     log.info("generating SynthFaces v%d in %s: %s", GENERATOR_VERSION, root, params)
-    try:
+    with atomic_folder(root) as tmp:  # a stale set is swapped out, then deleted
         manifest = _generate_into(tmp, params)
-        if root.exists():  # replace a stale set: move it aside first so the swap is short
-            old = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.replace(root, old / "set")
-            shutil.rmtree(old)
-        os.replace(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("SynthFaces ready in %s (%d png files)", root, manifest["files"]["png"])
     return manifest
 

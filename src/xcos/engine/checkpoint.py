@@ -2,50 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from xcos.errors import CheckpointError
-from xcos.models.targets import load_state_dict
-from xcos.weights_io import read_weights
+from xcos.weights_io import read_weights, save_checkpoint
+
+# Re-exported for compatibility: save_checkpoint lives in xcos.weights_io, load_weights in
+# xcos.models.loading (imported on first use: models import this module's save_checkpoint).
+__all__ = ["load_checkpoint", "save_checkpoint"]  # and load_weights, via __getattr__
 
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` to ``path`` via a temporary file in the same folder and a rename.
+def __getattr__(name: str) -> Any:
+    if name == "load_weights":
+        from xcos.models.loading import load_weights
 
-    A crash at any point leaves either the previous file or the new one, never a partial file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(state, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return load_weights
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -59,32 +32,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "use -p to load weights only"
         )
     return state
-
-
-def load_weights(
-    model: nn.Module, path: str | Path, state: dict[str, torch.Tensor] | None = None
-) -> tuple[list[str], list[str]]:
-    """Load weights non-strictly; shape mismatches and no overlap at all are errors.
-
-    ``state`` is the state dict already read from ``path`` (read here when not given).
-    Returns (missing keys, unexpected keys) for the caller to report.
-    """
-    state = load_state_dict(path, "-p") if state is None else state
-    own = model.state_dict()
-    mismatched = [
-        f"{key} {tuple(value.shape)} vs model {tuple(own[key].shape)}"
-        for key, value in state.items()
-        if key in own and value.shape != own[key].shape
-    ]
-    if mismatched:
-        raise CheckpointError(
-            f"-p {str(path)!r} is a checkpoint of another architecture: {len(mismatched)} "
-            f"parameter(s) differ in shape, first: {'; '.join(mismatched[:5])}"
-        )
-    if not any(key in own for key in state):
-        raise CheckpointError(
-            f"-p {str(path)!r} shares no parameter name with this model "
-            f"(checkpoint keys start with {list(state)[:3]}, model keys with {list(own)[:3]})"
-        )
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    return list(missing), list(unexpected)

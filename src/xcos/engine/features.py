@@ -21,10 +21,9 @@ from tqdm import tqdm
 from xcos.cache import cache_root
 from xcos.data.image_folder import IdentityPairs
 from xcos.data.images import to_image, to_tensor
-from xcos.engine.checkpoint import save_checkpoint
 from xcos.errors import ConfigError
 from xcos.models.xcos_model import XCosModel
-from xcos.weights_io import read_weights
+from xcos.weights_io import read_weights, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,15 @@ from torch import nn
 from xcos.errors import ConfigError
 from xcos.registry import OPTIMIZERS, SCHEDULERS
 
+#: torch optimizers and schedulers usable by name in ``optimizers.*`` / ``schedulers.*``.
+TORCH_OPTIMIZERS = ("SGD", "Adam", "AdamW", "RMSprop")
+TORCH_SCHEDULERS = ("StepLR", "MultiStepLR", "CosineAnnealingLR", "ExponentialLR", "OneCycleLR")
+
+for _name in TORCH_OPTIMIZERS:
+    OPTIMIZERS.add(_name, getattr(torch.optim, _name))
+for _name in TORCH_SCHEDULERS:
+    SCHEDULERS.add(_name, getattr(torch.optim.lr_scheduler, _name))
+
 
 def split_decay(params: list[nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
     """BN weights and biases (all 1-d parameters) get no weight decay."""

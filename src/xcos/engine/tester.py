@@ -12,13 +12,12 @@ import torch
 
 from xcos.config import Config
 from xcos.data.pair_sets import load_pair_set
-from xcos.engine.checkpoint import load_weights
 from xcos.engine.runtime import autocast_factory, seed_everything
 from xcos.errors import ConfigError
 from xcos.evaluation.evaluator import PairSetResult, evaluate_pair_set, explain_pairs, pick_examples
 from xcos.evaluation.roc import roc_figure, roc_points
 from xcos.explain.figures import example_figure, save_figure
-from xcos.models.xcos_model import build_model, inference_config
+from xcos.models.loading import build_and_load
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +38,7 @@ def run_test(
         load_pair_set(spec, f"test.pair_sets.{i}") for i, spec in enumerate(config.test.pair_sets)
     ]
     # The identity head and the target network only matter for training.
-    model = build_model(inference_config(config.model)).to(device)
-    missing, unexpected = load_weights(model, weights)
-    if missing:
-        log.warning(
-            "-p %s: %d parameter(s) not in the checkpoint: %s", weights, len(missing), missing[:10]
-        )
-    if unexpected:
-        log.info(
-            "-p %s: %d checkpoint key(s) unused in test mode: %s",
-            weights,
-            len(unexpected),
-            unexpected[:10],
-        )
+    model = build_and_load(config.model, weights, inference=True, device=device)
     summary = {}
     for pair_set in pair_sets:
         result = evaluate_pair_set(

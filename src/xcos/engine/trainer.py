@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from xcos.config import Config, ConfigError
 from xcos.data.image_folder import IdentityPairs
 from xcos.data.pair_sets import load_pair_set
-from xcos.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from xcos.engine.checkpoint import load_checkpoint, save_checkpoint
 from xcos.engine.distributed import Distributed
 from xcos.engine.features import cached_backbone_outputs, with_cached_features
 from xcos.engine.loading import EpochSampler, build_train_loader
@@ -24,7 +24,8 @@ from xcos.engine.run_log import RunLog
 from xcos.engine.runtime import autocast_factory, rng_states, seed_everything, set_rng_states
 from xcos.errors import NonFiniteLossError  # re-exported: defined in xcos.errors
 from xcos.evaluation.evaluator import evaluate_pair_set
-from xcos.models.xcos_model import XCosModel, build_model
+from xcos.models.loading import build_and_load
+from xcos.models.xcos_model import XCosModel
 from xcos.registry import DATASETS, LOSSES
 
 log = logging.getLogger(__name__)
@@ -125,18 +126,8 @@ class Trainer:
                 raise ConfigError(f"{key}: required for training")
 
     def _build_model(self, num_classes: int | None, weights: str | Path | None) -> XCosModel:
-        model = build_model(self.cfg.model, num_classes).to(self.device)
+        model = build_and_load(self.cfg.model, weights, num_classes=num_classes, device=self.device)
         model.to(memory_format=self.memory_format)
-        if weights is not None:
-            missing, unexpected = load_weights(model, weights)
-            log.info(
-                "loaded weights %s: %d missing key(s) %s, %d unexpected key(s) %s",
-                weights,
-                len(missing),
-                missing[:10],
-                len(unexpected),
-                unexpected[:10],
-            )
         if self.cfg.trainer.sync_batchnorm and self.dist.enabled:
             if self.device.type != "cuda":
                 raise ConfigError(

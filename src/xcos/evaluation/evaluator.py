@@ -15,7 +15,7 @@ from xcos.data.images import to_tensor
 from xcos.data.pair_sets import PairSet
 from xcos.engine.distributed import Distributed
 from xcos.models.geometry import grid_edges
-from xcos.models.xcos_model import faces_to, select_faces
+from xcos.models.xcos_model import faces_to, select_faces, split_faces
 from xcos.registry import METRICS
 
 SCORE_KEYS = ("xcos", "cos")
@@ -66,7 +66,7 @@ def embed_images(
     that aligns the set), never resized into a silently wrong score.
     """
     size = image_size or model.input_size
-    pair_set.check_image_size(size, getattr(model, "face_template", None))
+    pair_set.check_image_size(size, model.face_template)
     chunks: dict[str, list[torch.Tensor]] = {}
     for images in _batches(pair_set, size, batch_size, num_workers):
         images = images.to(device, non_blocking=True)
@@ -265,16 +265,24 @@ def pick_examples(pair_set: PairSet, count: int) -> list[int]:
     return picked[:count]
 
 
+def compare_images(
+    model: torch.nn.Module, images_a: torch.Tensor, images_b: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """``model.compare`` of normalised faces [N, 3, S, S] x [N, 3, S, S], both embedded in one
+    backbone pass: the one way xcos compares two batches of face images (evaluation, the
+    Verifier, the explanation baselines and the benchmarks). Differentiable: callers that
+    need no gradients wrap it in ``torch.no_grad()``."""
+    faces_a, faces_b = split_faces(model.embed(torch.cat([images_a, images_b])))
+    return model.compare(faces_a, faces_b)
+
+
 @torch.no_grad()
 def compare_faces(
     model: torch.nn.Module, faces: Sequence[np.ndarray], device: torch.device
 ) -> dict[str, torch.Tensor]:
-    """``model.compare`` of RGB uint8 faces given as A, B, A, B, ...: one embedding pass."""
+    """``compare_images`` of RGB uint8 faces given as A, B, A, B, ...: one embedding pass."""
     batch = torch.stack([to_tensor(face) for face in faces]).to(device)
-    described = faces_to(model.embed(batch), device)
-    return model.compare(
-        select_faces(described, slice(0, None, 2)), select_faces(described, slice(1, None, 2))
-    )
+    return compare_images(model, batch[0::2], batch[1::2])
 
 
 @torch.no_grad()

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcos.evaluation.evaluator import compare_images
 from xcos.models.geometry import grid_edges, pixel_spans
-from xcos.models.xcos_model import split_faces
 
 Spans = list[tuple[int, int]]
 
@@ -83,12 +83,6 @@ def as_batch(image: torch.Tensor, model: nn.Module) -> torch.Tensor:
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else image.device
     return image.to(device=device, dtype=torch.float32)
-
-
-def compare_pairs(model: Any, images_a: torch.Tensor, images_b: torch.Tensor) -> dict:
-    """The model's comparison dict for faces [N, 3, S, S] x [N, 3, S, S] (one backbone pass)."""
-    faces_a, faces_b = split_faces(model.embed(torch.cat([images_a, images_b])))
-    return model.compare(faces_a, faces_b)
 
 
 class PairExplainer:
@@ -159,7 +153,7 @@ class XCosContribution(PairExplainer):
 
     @torch.no_grad()
     def _explain(self, model: Any, image_a: torch.Tensor, image_b: torch.Tensor) -> PairExplanation:
-        outputs = compare_pairs(model, image_a, image_b)
+        outputs = compare_images(model, image_a, image_b)
         return PairExplanation(
             self.name,
             self.reading(outputs)[0].float().cpu().numpy(),
@@ -215,7 +209,7 @@ class RandomMap(PairExplainer):
 
     @torch.no_grad()
     def _explain(self, model: Any, image_a: torch.Tensor, image_b: torch.Tensor) -> PairExplanation:
-        outputs = compare_pairs(model, image_a, image_b)
+        outputs = compare_images(model, image_a, image_b)
         height, width = outputs["patch_cosine"].shape[1:]
         random_map = self.rng.standard_normal((height, width))
         return PairExplanation(self.name, random_map, float(self._score(outputs)[0]))
@@ -223,17 +217,8 @@ class RandomMap(PairExplainer):
 
 def default_layer(model: Any) -> nn.Module:
     """The module whose output is ``backbone.forward_features``: the backbone's ``grid_layer``
-    when it names one, else the last unit of its ``body`` (IR / IR-SE)."""
-    named = getattr(model.backbone, "grid_layer", None)
-    if isinstance(named, nn.Module):
-        return named
-    body = getattr(model.backbone, "body", None)
-    children = list(body.children()) if isinstance(body, nn.Module) else []
-    if not children:
-        raise ValueError(
-            f"{type(model.backbone).__name__} has no `body` with units; pass GradCAM(layer=...)"
-        )
-    return children[-1]
+    (part of ``BackboneProtocol``)."""
+    return model.backbone.grid_layer
 
 
 class GradCAM(PairExplainer):
@@ -293,7 +278,7 @@ class GradCAM(PairExplainer):
     def _explain(self, model: Any, image_a: torch.Tensor, image_b: torch.Tensor) -> PairExplanation:
         self._activation = None
         with torch.enable_grad():
-            score = self._score(compare_pairs(model, image_a, image_b))
+            score = self._score(compare_images(model, image_a, image_b))
             activation = self._activation
             if activation is None or activation.dim() != 4 or activation.shape[0] != 2:
                 raise RuntimeError("GradCAM layer did not produce a [2, C, h, w] map in forward")
@@ -352,7 +337,7 @@ class Occlusion(PairExplainer):
 
     @torch.no_grad()
     def _explain(self, model: Any, image_a: torch.Tensor, image_b: torch.Tensor) -> PairExplanation:
-        outputs = compare_pairs(model, image_a, image_b)
+        outputs = compare_images(model, image_a, image_b)
         score = self._score(outputs)[0]
         height, width = outputs["patch_cosine"].shape[1:]
         spans = pixel_spans(grid_edges(model.backbone, image_a.shape[-1]))
@@ -376,7 +361,7 @@ class Occlusion(PairExplainer):
         """The target score of pairs [N, 3, S, S] x [N, 3, S, S], in batches."""
         return torch.cat(
             [
-                self._score(compare_pairs(model, part_a, part_b))
+                self._score(compare_images(model, part_a, part_b))
                 for part_a, part_b in zip(
                     faces_a.split(self.batch_size), faces_b.split(self.batch_size), strict=True
                 )

@@ -24,13 +24,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from xcos.models.backbones.protocol import DecomposableBackbone
+
 
 def supports_decomposition(model: Any) -> bool:
     """Whether ``model``'s cosine splits exactly over its grid cells."""
     if model.cos_source == "grid":
         return True
-    contributions = getattr(model.backbone, "cell_contributions", None)
-    return callable(contributions) and getattr(model.backbone, "linear_tail", False)
+    backbone = model.backbone
+    return isinstance(backbone, DecomposableBackbone) and backbone.linear_tail
 
 
 def cell_vectors(model: Any, images: torch.Tensor) -> torch.Tensor:

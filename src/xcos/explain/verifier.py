@@ -25,14 +25,14 @@ from PIL import Image
 
 from xcos.config import ModelConfig, from_dict
 from xcos.data.images import read_rgb, to_image
-from xcos.engine.checkpoint import load_weights
 from xcos.engine.runtime import resolve_device
 from xcos.errors import CheckpointError, ConfigError, DataError, XcosError
 from xcos.evaluation.evaluator import compare_faces
 from xcos.explain.figures import LAYOUTS, most_different_cells
 from xcos.models.geometry import grid_edges
+from xcos.models.loading import build_and_load
 from xcos.models.targets import read_checkpoint, state_dict_of
-from xcos.models.xcos_model import XCosModel, build_model, inference_config
+from xcos.models.xcos_model import XCosModel
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 
@@ -148,12 +148,8 @@ class Verifier:
                 f"-p {str(path)!r} holds weights only, without the config that describes the "
                 "model; use a checkpoint written by `xcos train` (checkpoints/best.pth)"
             )
-        model = build_model(inference_config(from_dict(ModelConfig, config["model"], "model")))
-        missing, _ = load_weights(model, path, weights)
-        if missing:  # those parts would keep their random initial weights
-            log.warning(
-                "-p %s: %d parameter(s) not in the checkpoint: %s", path, len(missing), missing[:10]
-            )
+        model_cfg = from_dict(ModelConfig, config["model"], "model")
+        model = build_and_load(model_cfg, path, inference=True, state=weights)
         if threshold is None and metrics is not None:
             threshold = threshold_from_metrics(metrics)
         if threshold is None:

@@ -14,9 +14,12 @@ Coordinates are continuous pixel coordinates: pixel ``i`` spans ``[i, i + 1)``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from xcos.models.backbones.protocol import BackboneProtocol
 
 
 def strided_centres(cells: int, stride: float, first: float) -> np.ndarray:
@@ -24,22 +27,17 @@ def strided_centres(cells: int, stride: float, first: float) -> np.ndarray:
     return first + stride * np.arange(cells, dtype=np.float64)
 
 
-def grid_centres(backbone: Any, size: int | None = None) -> np.ndarray:
-    """Pixel centres [g] of a backbone's (square) grid cells: ``backbone.cell_centres()`` when
-    it states them, else the centres of ``size`` (default: its input size) cut equally."""
-    stated = getattr(backbone, "cell_centres", None)
-    if callable(stated):
-        return np.asarray(stated(), dtype=np.float64)
-    size = size or backbone.input_size
-    cells = backbone.grid_size
-    return strided_centres(cells, size / cells, size / cells / 2)
+def grid_centres(backbone: BackboneProtocol) -> np.ndarray:
+    """Pixel centres [g] of a backbone's (square) grid cells, as it states them
+    (``backbone.cell_centres()``, part of ``BackboneProtocol``)."""
+    return np.asarray(backbone.cell_centres(), dtype=np.float64)
 
 
-def grid_edges(backbone: Any, size: int | None = None) -> np.ndarray:
+def grid_edges(backbone: BackboneProtocol, size: int | None = None) -> np.ndarray:
     """Pixel edges [g + 1] of the grid cells on a face of side ``size`` (default: the
     backbone's input size): midpoints between centres, the outer edges at the face's border."""
     size = size or backbone.input_size
-    centres = grid_centres(backbone, size)
+    centres = grid_centres(backbone)
     return np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [float(size)]])
 
 

@@ -28,11 +28,11 @@ from torch import nn
 import xcos.models.backbones.arcface_torch  # noqa: F401
 from xcos.config import ModelConfig, from_dict
 from xcos.config_types import ConfigError
-from xcos.engine.checkpoint import save_checkpoint
 from xcos.errors import CheckpointError
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import build_model
 from xcos.registry import BACKBONES
+from xcos.weights_io import check_fit, save_checkpoint
 
 __all__ = [
     "ARCHITECTURES",
@@ -114,7 +114,7 @@ def import_recognizer(weights: str | Path, arch: str, out: str | Path) -> Path:
     state = read_weights(weights, "import_recognizer")
     expected = _shapes(_build_backbone(backbone_cfg))
     state = _fill_batch_counters(state, expected)
-    check_fit(state, expected, f"{str(weights)!r} imported as {arch!r}")
+    check_fit(state, expected, f"import_recognizer: {str(weights)!r}", f"architecture {arch!r}")
     record = {
         "format": RECOGNIZER_FORMAT,
         "version": RECOGNIZER_VERSION,
@@ -151,7 +151,9 @@ def load_recognizer(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except (ConfigError, ValueError) as err:
         raise CheckpointError(f"load_recognizer: {str(path)!r}: backbone config: {err}") from err
     state = state_dict_of(data.get("state_dict"), path, "load_recognizer")
-    check_fit(state, _shapes(backbone), f"{str(path)!r} (backbone {backbone_cfg})")
+    check_fit(
+        state, _shapes(backbone), f"load_recognizer: {str(path)!r}", f"backbone {backbone_cfg}"
+    )
     # Built on the meta device and given the file's tensors (assign=True): no random
     # initialisation of weights that are all overwritten anyway (seconds for deep networks).
     backbone.load_state_dict(state, assign=True)
@@ -175,7 +177,7 @@ def import_xcos_released(weights: str | Path, out: str | Path) -> Path:
     following BatchNorm and single-slope PReLUs are widened, both exactly. The output holds
     ``model`` (the state dict) and ``config`` (``{"name", "model"}``). Returns ``out``.
     """
-    source = f"{str(weights)!r} imported as an original xCos release"
+    source = f"import_xcos_released: {str(weights)!r}"
     state = _rename_released(read_weights(weights, "import_xcos_released"))
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = build_model(from_dict(ModelConfig, copy.deepcopy(RELEASED_MODEL_CONFIG), "model"))
@@ -183,7 +185,7 @@ def import_xcos_released(weights: str | Path, out: str | Path) -> Path:
     state = _fold_conv_biases(state, expected, source)
     state = _widen_prelus(state, expected)
     state = _fill_batch_counters(state, expected)
-    check_fit(state, expected, source)
+    check_fit(state, expected, source, "the xCos model of an original release")
     record = {
         "format": MODEL_FORMAT,
         "version": 1,
@@ -253,31 +255,6 @@ def read_weights(path: str | Path, what: str) -> dict[str, torch.Tensor]:
         state = {key[len("module.") :]: value for key, value in state.items()}
     # Half-precision saves become float32, so the loaded network is the same either way.
     return {key: v.float() if v.is_floating_point() else v for key, v in state.items()}
-
-
-def check_fit(
-    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], source: str
-) -> None:
-    """Raise ``CheckpointError`` naming ``source`` unless keys and shapes match exactly."""
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    wrong = [
-        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key])}"
-        for key in expected
-        if key in state and state[key].shape != expected[key]
-    ]
-    if not (missing or unexpected or wrong):
-        return
-    parts = [
-        f"{len(items)} {label} (first: {', '.join(items[:5])})"
-        for label, items in (
-            ("missing", missing),
-            ("unexpected", unexpected),
-            ("with the wrong shape (file vs model)", wrong),
-        )
-        if items
-    ]
-    raise CheckpointError(f"{source}: the weights do not fit: {'; '.join(parts)}")
 
 
 def _fill_batch_counters(

@@ -11,7 +11,9 @@ from torch import nn
 
 from xcos.errors import CheckpointError
 from xcos.registry import BACKBONES, TARGETS
-from xcos.weights_io import read_weights
+from xcos.weights_io import check_fit, read_weights
+
+TARGET_BACKBONE = "model.target.backbone"
 
 
 @TARGETS.register("self")
@@ -54,13 +56,8 @@ class PretrainedTarget(nn.Module):
 
     def _load(self, checkpoint: str) -> None:
         state = load_state_dict(checkpoint, "model.target.checkpoint")
-        missing, unexpected = self.network.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"model.target.checkpoint {checkpoint!r} does not fit model.target.backbone: "
-                f"missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
-                f"({len(unexpected)})"
-            )
+        check_fit(state, self.network, f"model.target.checkpoint {checkpoint!r}", TARGET_BACKBONE)
+        self.network.load_state_dict(state)
 
     def train(self, mode: bool = True) -> PretrainedTarget:
         super().train(mode)

@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xcos.errors import CheckpointError, ConfigError
+from xcos.errors import ConfigError
+from xcos.models.backbones.protocol import BackboneProtocol, missing_members
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_head import patch_cosine
 from xcos.registry import BACKBONES, HEADS, IDENTITY_HEADS, TARGETS
+from xcos.weights_io import check_fit
 
 
 class XCosModel(nn.Module):
@@ -46,7 +48,13 @@ class XCosModel(nn.Module):
         super().__init__()
         if cos not in ("grid", "embedding"):
             raise ConfigError(f"model.cos: expected 'grid' or 'embedding', got {cos!r}")
-        if cos == "embedding" and not getattr(backbone, "embedding_dim", None):
+        if not isinstance(backbone, BackboneProtocol):
+            raise ConfigError(
+                f"model.backbone: {type(backbone).__name__} is not a backbone "
+                f"(xcos.models.backbones.BackboneProtocol); it lacks "
+                f"{', '.join(missing_members(backbone))}"
+            )
+        if cos == "embedding" and not backbone.embedding_dim:
             raise ConfigError("model.cos is 'embedding' but the backbone has no embedding layer")
         self.backbone = backbone
         self.head = head
@@ -67,12 +75,12 @@ class XCosModel(nn.Module):
     @property
     def input_size(self) -> int:
         """Side of the square aligned faces the backbone expects."""
-        return getattr(self.backbone, "input_size", 112)
+        return self.backbone.input_size
 
     @property
     def face_template(self) -> str:
         """The alignment template the backbone was trained on (see ``xcos.data.align``)."""
-        return getattr(self.backbone, "face_template", "arcface")
+        return self.backbone.face_template
 
     def backbone_outputs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """The backbone's spatial map ``features`` [B, C, h, w] and, when the ``cos`` score
@@ -238,10 +246,6 @@ def inference_config(model_cfg: Any) -> Any:
 def load_recognizer_weights(backbone: nn.Module, path: str, what: str) -> None:
     """Load a recognizer's weights (an ``xcos import`` file or a plain state dict) strictly."""
     state = state_dict_of(read_checkpoint(path, what), path, what)
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{what}: {path!r} does not fit model.backbone: missing {missing[:5]} "
-            f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)}); import the "
-            "recognizer with `xcos import` and use the architecture it names"
-        )
+    hint = "import the recognizer with `xcos import` and use the architecture it names"
+    check_fit(state, backbone, f"{what}: {path!r}", "model.backbone", hint=hint)
+    backbone.load_state_dict(state)

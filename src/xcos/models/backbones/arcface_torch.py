@@ -89,7 +89,10 @@ class ArcFaceIResNet(nn.Module):
         out_channels: channels ``C`` of the grid (512 at width 1).
         grid_size: side of the grid, ``input_size // 16`` (7 for 112).
         embedding_dim: as given.
+        face_template: ``"arcface"``.
     """
+
+    face_template = "arcface"
 
     def __init__(
         self,

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from xcos.cache import cache_root
-from xcos.engine.checkpoint import save_checkpoint
 from xcos.errors import ConfigError
 from xcos.models.dlib_format import (
     DLIB_MEANS,
@@ -46,6 +45,7 @@ from xcos.models.dlib_format import (
 from xcos.models.geometry import strided_centres
 from xcos.models.targets import load_state_dict
 from xcos.registry import BACKBONES
+from xcos.weights_io import save_checkpoint
 
 __all__ = ["Affine", "DlibResNet", "cached_dlib_weights", "convert_dlib_weights"]
 

@@ -161,7 +161,10 @@ class IResNet(nn.Module):
         out_channels: channels ``C`` of the output grid (512 at width 1).
         grid_size: side of the output grid, ``input_size // 16`` (7 for 112).
         embedding_dim: as given (``None`` when there is no output layer).
+        face_template: ``"arcface"`` (faces aligned to ArcFace's 5-point template).
     """
+
+    face_template = "arcface"
 
     def __init__(
         self,
@@ -212,6 +215,11 @@ class IResNet(nn.Module):
     def reset_parameters(self) -> None:
         """See ``init_face_resnet``."""
         init_face_resnet(self)
+
+    @property
+    def grid_layer(self) -> nn.Module:
+        """The module whose output is the grid (for hooks such as Grad-CAM's): the last unit."""
+        return self.body[-1]
 
     def cell_centres(self) -> np.ndarray:
         """Pixel centres of the grid cells: four ``conv3x3(stride 2, padding 1)`` stages centre

@@ -14,11 +14,13 @@ construction: a change of the mouth can only change the mouth's cells.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from xcos.models.backbones.iresnet import IRUnit, init_face_resnet, scaled_channels
+from xcos.models.geometry import strided_centres
 from xcos.registry import BACKBONES
 
 __all__ = ["PatchEncoder"]
@@ -53,6 +55,7 @@ class PatchEncoder(nn.Module):
     """
 
     face_template = "arcface"
+    embedding_dim = None  # the grid only: no embedding of its own
 
     def __init__(
         self,
@@ -114,6 +117,10 @@ class PatchEncoder(nn.Module):
     def grid_layer(self) -> nn.Module:
         """The module whose output is the grid (Grad-CAM's hook point)."""
         return self.to_grid
+
+    def cell_centres(self) -> np.ndarray:
+        """Pixel centres of the grid cells: the centres of the equal patches they encode."""
+        return strided_centres(self.grid_size, float(self.patch), self.patch / 2)
 
     def extra_repr(self) -> str:
         return (
