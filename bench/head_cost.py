@@ -25,8 +25,8 @@ import torch
 from timing import interleave, median
 
 from xcos.config import load_config
-from xcos.engine.runtime import autocast_factory as autocast_for
 from xcos.models.xcos_model import XCosModel, build_model, split_faces
+from xcos.runtime import autocast_factory as autocast_for
 
 HEAD_CONFIG = "configs/xcos_train_config.json"
 IR_SE_50 = {"type": "ir_se", "depth": 50, "width": 1.0, "embedding_dim": None, "input_size": 112}

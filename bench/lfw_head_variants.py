@@ -22,9 +22,9 @@ from xcos.config import load_config
 from xcos.data.lfw import read_lfw
 from xcos.data.lfw_people import LFWFaceStore
 from xcos.engine.features import cached_backbone_outputs
-from xcos.evaluation.lfw_protocol import score_pairs, train_head
 from xcos.evaluation.verification import held_out_accuracy
 from xcos.models.xcos_model import build_model
+from xcos.recipes.lfw_protocol import score_pairs, train_head
 
 
 def main() -> None:

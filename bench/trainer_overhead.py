@@ -38,10 +38,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from xcos.config import Config, load_config
 from xcos.engine.optim import build_optimizers, build_schedulers
-from xcos.engine.runtime import autocast_factory
 from xcos.engine.trainer import Trainer
 from xcos.models.xcos_model import XCosModel, build_model
 from xcos.registry import DATASETS, LOSSES
+from xcos.runtime import autocast_factory
 
 DATASET_TYPE = "bench_memory_pairs"
 

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 from tests.conftest import DEMO_CONFIG, REPO, tiny_overrides
 from xcos.config import load_config
 from xcos.data.pair_sets import load_pair_set
-from xcos.engine.distributed import Distributed, init_distributed, shutdown_distributed
+from xcos.distributed import Distributed, init_distributed, shutdown_distributed
 from xcos.engine.features import compute_backbone_outputs
 from xcos.engine.loading import EpochSampler
 from xcos.engine.trainer import Trainer
@@ -106,7 +106,7 @@ def test_persistent_workers_see_each_epoch(tiny_config, tmp_path):
 def test_importing_never_joins_a_process_group():
     """The group is joined by the command, from torchrun's variables, not at import."""
     code = (
-        "import torch.distributed as d, xcos.cli, xcos.engine.trainer, xcos.engine.distributed;"
+        "import torch.distributed as d, xcos.cli, xcos.engine.trainer, xcos.distributed;"
         "print(d.is_initialized())"
     )
     env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}

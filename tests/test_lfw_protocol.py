@@ -15,8 +15,8 @@ from xcos.config import ConfigError, load_config
 from xcos.data.image_folder import DataError
 from xcos.data.lfw import read_lfw
 from xcos.data.lfw_people import LFWPeoplePairs, people_of_sets
-from xcos.evaluation import lfw_protocol
-from xcos.evaluation.lfw_protocol import format_results, run_lfw_protocol, score_pairs
+from xcos.recipes import lfw_protocol
+from xcos.recipes.lfw_protocol import format_results, run_lfw_protocol, score_pairs
 
 CPU = torch.device("cpu")
 

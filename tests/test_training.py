@@ -15,10 +15,10 @@ from tests.conftest import DEMO_CONFIG, REPO, reference_auc, reference_kfold, ti
 from xcos.engine import tester as tester_module
 from xcos.engine import trainer as trainer_module
 from xcos.engine.checkpoint import load_weights, save_checkpoint
-from xcos.engine.runtime import resolve_device
 from xcos.engine.tester import run_test
 from xcos.engine.trainer import NonFiniteLossError, Trainer
 from xcos.evaluation.evaluator import evaluate_pair_set
+from xcos.runtime import resolve_device
 
 CPU = torch.device("cpu")
 

@@ -301,7 +301,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """train / test / lfw-protocol: one process, or one of several started by torchrun."""
-    from xcos.engine.distributed import Distributed, init_distributed, shutdown_distributed
+    from xcos.distributed import Distributed, init_distributed, shutdown_distributed
 
     if args.resume == AUTO_RESUME and not args.out:
         raise ConfigError(
@@ -401,7 +401,7 @@ def resolve_resume(resume: str | None, run_dir: Path, dist=None) -> str | None:
     Rank 0 looks and tells the others, so all processes of a job take the same decision even
     if one of them sees the file system late. Any other value is returned unchanged.
     """
-    from xcos.engine.distributed import Distributed
+    from xcos.distributed import Distributed
 
     if resume != AUTO_RESUME:
         return resume
@@ -451,7 +451,7 @@ def synth_command(args: argparse.Namespace) -> int:
 def prepare_command(args: argparse.Namespace) -> int:
     from xcos.data.pair_sets import load_pair_set
     from xcos.data.prepare import prepare_pack, subset_folds
-    from xcos.engine.runtime import resolve_device
+    from xcos.runtime import resolve_device
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.pairs:

@@ -86,7 +86,7 @@ def add_protocol_parser(commands: argparse._SubParsersAction, run_arguments: Cal
 
 
 def protocol_command(args: argparse.Namespace, config, run_dir: Path, device) -> int:
-    from xcos.evaluation.lfw_protocol import format_results, run_lfw_protocol
+    from xcos.recipes.lfw_protocol import format_results, run_lfw_protocol
 
     results = run_lfw_protocol(
         config, args.lfw, run_dir, device, folds=args.folds, view1=not args.no_view1

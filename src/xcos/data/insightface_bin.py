@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from xcos.data.folds import contiguous_folds
 from xcos.data.image_folder import DataError
 from xcos.data.pair_sets import PairSet
-from xcos.evaluation.verification import contiguous_folds
 from xcos.registry import PAIR_SETS
 
 FOLDS = 10

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xcos.data.folds import contiguous_folds
 from xcos.data.image_folder import DataError
 from xcos.data.pair_sets import PairSet
-from xcos.evaluation.verification import contiguous_folds
 from xcos.registry import PAIR_SETS
 
 # View 1 has no folds; its halves are each cut into this many contiguous blocks.

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from xcos.data.folds import contiguous_folds
 from xcos.data.image_folder import DataError
 from xcos.data.images import (
     UnalignedImageError,
@@ -23,7 +24,6 @@ from xcos.data.images import (
     read_rgb,
     unaligned_message,
 )
-from xcos.evaluation.verification import contiguous_folds
 from xcos.registry import PAIR_SETS
 
 

@@ -15,18 +15,18 @@ from torch.utils.data import DataLoader
 from xcos.config import Config, ConfigError
 from xcos.data.image_folder import IdentityPairs
 from xcos.data.pair_sets import load_pair_set
+from xcos.distributed import Distributed
 from xcos.engine.checkpoint import load_checkpoint, save_checkpoint
-from xcos.engine.distributed import Distributed
 from xcos.engine.features import cached_backbone_outputs, with_cached_features
 from xcos.engine.loading import EpochSampler, build_train_loader
 from xcos.engine.optim import build_optimizers, build_schedulers
 from xcos.engine.run_log import RunLog
-from xcos.engine.runtime import autocast_factory, rng_states, seed_everything, set_rng_states
 from xcos.errors import NonFiniteLossError  # re-exported: defined in xcos.errors
 from xcos.evaluation.evaluator import evaluate_pair_set
 from xcos.models.loading import build_and_load
 from xcos.models.xcos_model import XCosModel
 from xcos.registry import DATASETS, LOSSES
+from xcos.runtime import autocast_factory, rng_states, seed_everything, set_rng_states
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 class Trainer:
     """Trains an xCos model from a ``Config`` into ``run_dir``.
 
-    Under torchrun (``dist`` from ``xcos.engine.distributed.init_distributed``) the model is
+    Under torchrun (``dist`` from ``xcos.distributed.init_distributed``) the model is
     wrapped in DistributedDataParallel, each process reads its share of every epoch, the loss
     terms are averaged over the processes, validation is sharded, and only rank 0 writes logs
     and checkpoints.

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from xcos.data.images import to_tensor
 from xcos.data.pair_sets import PairSet
-from xcos.engine.distributed import Distributed
+from xcos.distributed import Distributed
 from xcos.models.geometry import grid_edges
 from xcos.models.xcos_model import faces_to, select_faces, split_faces
 from xcos.registry import METRICS

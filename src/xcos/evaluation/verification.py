@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xcos.data.folds import contiguous_folds
 from xcos.registry import METRICS
 
 
@@ -35,13 +36,6 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float
     correct = positives_above + negatives_below
     best = int(np.argmax(correct))
     return float(candidates[best]), float(correct[best] / scores.size)
-
-
-def contiguous_folds(count: int, folds: int = 10) -> np.ndarray:
-    """Fold index of each of ``count`` pairs in ``folds`` contiguous blocks (no shuffle)."""
-    if count < folds:
-        raise ValueError(f"{count} pairs cannot be split into {folds} folds")
-    return np.minimum(np.arange(count) * folds // count, folds - 1)
 
 
 @dataclass

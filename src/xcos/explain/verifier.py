@@ -25,7 +25,6 @@ from PIL import Image
 
 from xcos.config import ModelConfig, from_dict
 from xcos.data.images import read_rgb, to_image
-from xcos.engine.runtime import resolve_device
 from xcos.errors import CheckpointError, ConfigError, DataError, XcosError
 from xcos.evaluation.evaluator import compare_faces
 from xcos.explain.figures import LAYOUTS, most_different_cells
@@ -33,6 +32,7 @@ from xcos.models.geometry import grid_edges
 from xcos.models.loading import build_and_load
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import XCosModel
+from xcos.runtime import resolve_device
 
 ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
 

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as torch_dist
 
-from xcos.engine.runtime import resolve_device
 from xcos.errors import ConfigError, SetupError
+from xcos.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 

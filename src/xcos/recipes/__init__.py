@@ -1,0 +1,1 @@
+"""Recipes: procedures that drive training and evaluation together (above the engine)."""
