@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xcos.data.images import read_rgb, to_tensor
+from xcos.data.images import read_face, to_tensor
 from xcos.evaluation.evaluator import compare_images
 from xcos.explain.baselines import (
     GradCAM,
@@ -146,6 +146,9 @@ def same_person_pairs(pair_set, count: int, size: int, seed: int = 0):
     return triples
 
 
+SYNTH_FIX = "one-region pairs are SynthFaces faces: use a model of their size"
+
+
 def one_region_pairs(path: Path, count: int, size: int) -> list[OneRegionPair]:
     """The first ``count`` pairs of a SynthFaces one-region CSV, at the model's input size."""
     with path.open(newline="") as stream:
@@ -153,7 +156,7 @@ def one_region_pairs(path: Path, count: int, size: int) -> list[OneRegionPair]:
     return [
         OneRegionPair(
             *(
-                to_tensor(read_rgb(path.parent / row[key], size))[None]
+                to_tensor(read_face(path.parent / row[key], size, SYNTH_FIX))[None]
                 for key in ("path_a", "path_b")
             ),
             row["region"],

@@ -34,10 +34,10 @@ def local_model() -> XCosModel:
 
 @pytest.fixture(scope="module")
 def faces(tiny_synth) -> list[torch.Tensor]:
-    from xcos.data.images import read_rgb, to_tensor
+    from xcos.data.images import read_face, to_tensor
 
     paths = sorted((tiny_synth / "train").glob("*/*.png"))[::4]
-    return [to_tensor(read_rgb(path, SIZE))[None] for path in paths]
+    return [to_tensor(read_face(path, SIZE))[None] for path in paths]
 
 
 @torch.no_grad()

@@ -33,7 +33,12 @@ class CentreCropAligner:
 
     def align_batch(self, paths):
         self.stats["images"] += len(paths)
-        return [Aligned(read_rgb(p, 16)) for p in paths]
+        return [Aligned(shrunk(p)) for p in paths]
+
+
+def shrunk(path) -> np.ndarray:
+    """The test aligner's "alignment": the photo scaled to 16x16, RGB."""
+    return np.asarray(Image.fromarray(read_rgb(path)).resize((16, 16), Image.BILINEAR))
 
 
 def write_csv_set(root, count=6):
@@ -72,7 +77,7 @@ def test_prepare_csv_into_pack_keeps_pairs_and_provenance(tmp_path):
     pack = read_pack(str(out))
     assert pack.name == "mine" and len(pack) == 6 and pack.images.shape == (6, 3, 16, 16)
     assert (pack.pairs == pair_set.pairs).all() and (pack.folds == pair_set.folds).all()
-    first = read_rgb(pair_set.images[0], 16)
+    first = shrunk(pair_set.images[0])
     assert (pack.image(0) == first).all()  # RGB, channels restored
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["alignment"]["stats"]["images"] == 6

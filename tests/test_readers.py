@@ -231,13 +231,16 @@ def test_bin_round_trip(tmp_path):
     assert pair_set.image(5).shape == (8, 8, 3)
 
 
-def test_bin_decodes_rgb_and_resizes(tmp_path):
+def test_bin_decodes_rgb_and_never_resizes(tmp_path):
     images = [encode((255, 0, 0), 20, "JPEG"), encode(128, 20, "PNG", mode="L")]
-    pair_set = read_insightface_bin(str(write_bin(tmp_path / "x.bin", (images, [True]))), None, 8)
+    path = write_bin(tmp_path / "x.bin", (images, [True]))
+    pair_set = read_insightface_bin(str(path), None, 20)
     red = pair_set.images[0].reshape(3, -1).mean(axis=1)
     assert red[0] > 240 and red[1] < 15 and red[2] < 15  # channel 0 is red
-    assert pair_set.images.shape == (2, 3, 8, 8) and (pair_set.images[1] == 128).all()
+    assert pair_set.images.shape == (2, 3, 20, 20) and (pair_set.images[1] == 128).all()
     assert pair_set.folds.tolist() == [0]
+    with pytest.raises(UnalignedImageError, match=r"x\.bin: image 0 \(pair 0\) is a 20x20 face, "):
+        read_insightface_bin(str(path), None, 8)
 
 
 @pytest.mark.parametrize(

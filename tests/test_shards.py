@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from xcos.cli import main
 from xcos.data import shards as shards_module
 from xcos.data.image_folder import DataError, ImageFolderPairs, scan_image_folder
-from xcos.data.images import read_rgb
+from xcos.data.images import UnalignedImageError, read_face, read_rgb
 from xcos.data.shards import ShardPairs, ShardStore, write_shards
 from xcos.engine.trainer import Trainer
 from xcos.models.backbones import IResNet
@@ -70,16 +70,23 @@ def test_round_trip_is_exact_across_shards(tiny_synth, packed):
         store[len(store)]
 
 
-def test_parallel_decoding_keeps_order_and_resizes(tmp_path, monkeypatch):
+def test_parallel_decoding_keeps_order(tmp_path, monkeypatch):
     monkeypatch.setattr(shards_module, "DECODE_BATCH", 3)  # several batches per worker
     root = identity_folder(tmp_path / "faces", {"b": 5, "a": 4, "c": 3})
-    out = write_shards(root, tmp_path / "x.shards", image_size=16, shard_size=4, num_workers=2)
+    out = write_shards(root, tmp_path / "x.shards", image_size=24, shard_size=4, num_workers=2)
     store = ShardStore(out)
     paths = sorted(root.glob("*/*"))
     assert store.identity_names == ["a", "b", "c"]
     assert [e["images"] for e in store.manifest["shards"]] == [4, 4, 4]
     for index, path in enumerate(paths):
-        assert np.array_equal(store[index].transpose(1, 2, 0), read_rgb(path, 16)), path
+        assert np.array_equal(store[index].transpose(1, 2, 0), read_rgb(path)), path
+
+
+def test_faces_of_another_size_are_refused_not_resized(tmp_path):
+    root = identity_folder(tmp_path / "faces", {"a": 2, "b": 2}, bad={"b": 1})
+    with pytest.raises(UnalignedImageError, match=r"00\.png' is 24x24 pixels; expected .*16x16"):
+        write_shards(root, tmp_path / "x.shards", 16, num_workers=0, skip_bad_images=True)
+    assert not (tmp_path / "x.shards").exists()
 
 
 def test_truncated_shard_names_file_and_sizes(copy_of_packed):
@@ -133,20 +140,20 @@ def test_existing_target_needs_overwrite(tiny_synth, packed, copy_of_packed):
 def test_interrupted_write_leaves_no_folder_keeps_the_old(tiny_synth, tmp_path, monkeypatch):
     calls = {"n": 0}
 
-    def crash_on_the_twelfth(path, size=None):
+    def crash_on_the_twelfth(path, size, fix=""):
         calls["n"] += 1
         if calls["n"] == 12:
             raise KeyboardInterrupt("simulated Ctrl-C at image 12")
-        return read_rgb(path, size)
+        return read_face(path, size, fix)
 
-    monkeypatch.setattr(shards_module, "read_rgb", crash_on_the_twelfth)
+    monkeypatch.setattr(shards_module, "read_face", crash_on_the_twelfth)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt, match="simulated Ctrl-C at image 12"):
         write_shards(tiny_synth / "train", out / "t.shards", SIZE, SHARD_SIZE, num_workers=0)
     assert list(out.iterdir()) == []
     monkeypatch.undo()
     write_shards(tiny_synth / "train", out / "t.shards", SIZE, SHARD_SIZE, num_workers=0)
-    monkeypatch.setattr(shards_module, "read_rgb", crash_on_the_twelfth)
+    monkeypatch.setattr(shards_module, "read_face", crash_on_the_twelfth)
     calls["n"] = 0
     with pytest.raises(KeyboardInterrupt, match="simulated Ctrl-C at image 12"):
         write_shards(tiny_synth / "train", out / "t.shards", SIZE, 3, 0, overwrite=True)

@@ -165,3 +165,15 @@ def test_a_checkpoint_missing_weights_is_reported(checkpoint, tmp_path, caplog):
     with caplog.at_level("WARNING", logger="xcos.explain.verifier"):
         Verifier.from_checkpoint(tmp_path / "partial.pth", device="cpu")
     assert f"1 parameter(s) not in the checkpoint: ['{dropped}']" in caplog.text
+
+
+def test_align_never_refuses_a_photo_instead_of_resizing_it(checkpoint, tiny_synth):
+    from xcos.errors import UnalignedImageError
+
+    verifier = Verifier.from_checkpoint(checkpoint, threshold=0.1, device="cpu", align="never")
+    a, b = faces(tiny_synth)
+    assert verifier.explain(a, b).faces[0].shape == (64, 64, 3)  # aligned faces pass as they are
+    photo = np.asarray(Image.open(b).resize((48, 64)))
+    refused = r"face B of pair 0: a 48x64 image, and align='never' takes aligned 64x64"
+    with pytest.raises(UnalignedImageError, match=refused):
+        verifier.explain(a, photo)

@@ -55,19 +55,13 @@ def read_face(path: str | Path, size: int, fix: str = "") -> np.ndarray:
     return face
 
 
-def read_rgb(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Decode ``path`` to an RGB uint8 array [H, W, 3] (EXIF rotation applied).
-
-    With ``size``, the image is resized to ``size`` x ``size`` when it differs: only for
-    callers that mean to resize. Readers of faces use ``read_face``, which refuses a face of
-    the wrong size instead.
-    """
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode ``path`` to an RGB uint8 array [H, W, 3] (EXIF rotation applied), at its own
+    size: nothing in xcos resizes a face (``read_face`` refuses one of the wrong size)."""
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)
             image = image.convert("RGB")
-            if size is not None and image.size != (size, size):
-                image = image.resize((size, size), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8).copy()
     except FileNotFoundError:
         raise BadImageError(f"image {str(path)!r}: no such file") from None

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from xcos.data.folds import contiguous_folds
-from xcos.data.image_folder import DataError
 from xcos.data.pair_sets import PairSet
+from xcos.errors import DataError, UnalignedImageError
 from xcos.registry import PAIR_SETS
 
 FOLDS = 10
@@ -128,8 +128,10 @@ def read_insightface_bin(path: str, name: str | None = None, image_size: int = 1
     file bytes; ``issame`` is a list or 1-D array of bools (or 0/1 integers).
 
     Images are decoded with PIL, which yields RGB for the JPEGs InsightFace stored (decoded
-    with mxnet's ``imdecode``, also RGB, in InsightFace's own evaluation), and resized to
-    ``image_size`` when they differ (bilinear).
+    with mxnet's ``imdecode``, also RGB, in InsightFace's own evaluation). They are aligned
+    faces (ArcFace's 112x112 template in InsightFace's sets) and are never resized: a face of
+    another size than ``image_size`` is refused (``UnalignedImageError``), as a resized face
+    is not a face aligned for another model.
 
     Returns:
         A ``PairSet`` (``name`` defaults to the file stem, e.g. ``agedb_30``) with ``images``
@@ -140,6 +142,7 @@ def read_insightface_bin(path: str, name: str | None = None, image_size: int = 1
     Raises:
         DataError: naming the file, for refused globals, a malformed pickle or structure,
             image and flag counts that disagree, or an image that cannot be decoded.
+        UnalignedImageError: naming the file and image, for a face of another size.
     """
     bin_path = Path(path)
     if not bin_path.is_file():
@@ -211,9 +214,7 @@ def _decode(data: bytes, index: int, size: int, source: Path) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             rgb = ImageOps.exif_transpose(image).convert("RGB")
-            if rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.BILINEAR)
-            return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+            faces = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
     except (
         OSError,
         UnidentifiedImageError,
@@ -224,6 +225,13 @@ def _decode(data: bytes, index: int, size: int, source: Path) -> np.ndarray:
         raise DataError(
             f"{source}: image {index} (pair {index // 2}) cannot be decoded: {err}"
         ) from None
+    if rgb.size != (size, size):
+        raise UnalignedImageError(
+            f"{source}: image {index} (pair {index // 2}) is a {rgb.size[0]}x{rgb.size[1]} face, "
+            f"the pair set asks for {size}x{size} (image_size); faces are never resized: use "
+            "this .bin with a model of its faces' size"
+        )
+    return faces
 
 
 def _describe(value: Any) -> str:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from xcos.data.image_folder import DataError, IdentityPairs, scan_image_folder
-from xcos.data.images import BadImageError, read_rgb
+from xcos.data.images import BadImageError, UnalignedImageError, read_face
 from xcos.io_utils import atomic_folder, fsync_file, read_manifest
 from xcos.registry import DATASETS
 
@@ -129,7 +129,9 @@ def _check_write_arguments(
 
 class _Decoder(Dataset):
     """Decodes image i to CHW uint8; a failure comes back as a message, not an exception,
-    so the main process can name the file (worker exceptions arrive wrapped in tracebacks)."""
+    so the main process can name the file (worker exceptions arrive wrapped in tracebacks).
+    Faces are aligned crops of the pack's size: one of another size is refused, never
+    resized (``unaligned`` in the reply)."""
 
     def __init__(self, paths: Sequence[Path], size: int) -> None:
         self.paths, self.size = paths, size
@@ -137,11 +139,15 @@ class _Decoder(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray | None, str | None]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray | None, str | None, bool]:
+        """(face, None, False), or (None, message, unaligned)."""
+        fix = f"pack a folder of aligned {self.size}x{self.size} faces (see `xcos prepare`)"
         try:
-            return read_rgb(self.paths[index], self.size).transpose(2, 0, 1), None
+            return read_face(self.paths[index], self.size, fix).transpose(2, 0, 1), None, False
+        except UnalignedImageError as err:
+            return None, str(err), True
         except BadImageError as err:
-            return None, str(err)
+            return None, str(err), False
 
 
 def _as_list(batch: list) -> list:
@@ -166,8 +172,10 @@ def _decode_into(
     bar = tqdm(total=len(paths), unit="img", desc="pack", disable=quiet, smoothing=0)
     with bar:
         for number, batch in enumerate(loader):
-            for offset, (face, error) in enumerate(batch):
+            for offset, (face, error, unaligned) in enumerate(batch):
                 index = number * DECODE_BATCH + offset
+                if unaligned:  # not a bad file: a folder of the wrong faces, never skipped
+                    raise UnalignedImageError(error)
                 if face is None:
                     if not skip_bad_images:
                         raise DataError(f"{error}; fix or delete it, or pass --skip-bad-images")

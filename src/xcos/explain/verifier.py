@@ -25,7 +25,7 @@ from PIL import Image
 
 from xcos.config import ModelConfig, from_dict
 from xcos.data.images import read_rgb, to_image
-from xcos.errors import CheckpointError, ConfigError, DataError, XcosError
+from xcos.errors import CheckpointError, ConfigError, DataError, UnalignedImageError, XcosError
 from xcos.evaluation.evaluator import compare_faces
 from xcos.explain.figures import LAYOUTS, most_different_cells
 from xcos.models.geometry import grid_edges
@@ -204,8 +204,15 @@ class Verifier:
             return to_image(image[0] if image.ndim == 4 else image)
         rgb = _to_rgb(image, which)
         aligned_already = rgb.shape[0] == rgb.shape[1] == size
-        if self.align == "never" or (self.align == "auto" and aligned_already):
-            return rgb if aligned_already else np.asarray(Image.fromarray(rgb).resize((size, size)))
+        if aligned_already and self.align != "always":
+            return rgb
+        if self.align == "never":  # a resized photo is not an aligned face: refuse, never resize
+            height, width = rgb.shape[:2]
+            raise UnalignedImageError(
+                f"{which}: a {width}x{height} image, and align='never' takes aligned "
+                f"{size}x{size} faces only; align it (align='auto', or `xcos explain "
+                "--align auto`)"
+            )
         # A path goes to the aligner as is, so that its errors name the file.
         source = image if isinstance(image, (str, Path)) else rgb
         try:
