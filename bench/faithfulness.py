@@ -105,6 +105,13 @@ def pixel_difference(model, face_a, face_b) -> np.ndarray:
     return np.array([[float(change[y0:y1, x0:x1].mean()) for x0, x1 in spans] for y0, y1 in spans])
 
 
+def constant_map(model, face_a, face_b) -> np.ndarray:
+    """A control that ignores the pair: the same flat map every time. It has no most
+    different cell, so every game must score it 0, and its favourite cell is every pair's."""
+    grid = model.backbone.grid_size
+    return np.ones((grid, grid))
+
+
 def build_methods(model) -> dict[str, Method]:
     """Every method, each explaining the xCos score (``decomposition``: the model's cosine)."""
     explainers = {
@@ -121,6 +128,7 @@ def build_methods(model) -> dict[str, Method]:
     if supports_decomposition(model):
         methods["decomposition"] = Method("decomposition", decomposition_method)
     methods["pixel_difference"] = Method("pixel_difference", pixel_difference)
+    methods["constant"] = Method("constant", constant_map)
     return methods
 
 

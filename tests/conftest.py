@@ -187,3 +187,18 @@ def reference_auc(scores, labels) -> float:
     return float(
         ((same > different).sum() + 0.5 * (same == different).sum()) / same.size / different.size
     )
+
+
+def _leave_marker(path: str) -> None:
+    Path(path).write_text("code ran")
+
+
+class MaliciousPayload:
+    """Pickles as a call to ``_leave_marker`` (which writes ``marker``): what a malicious
+    checkpoint would do. Safe loaders must refuse it without running it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_leave_marker, (str(self.marker),))

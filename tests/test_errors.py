@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import xcos.cli
-from tests.conftest import DEMO_CONFIG, REPO
+from tests.conftest import DEMO_CONFIG, REPO, MaliciousPayload
 from xcos.cli import main
 from xcos.errors import CheckpointError, CheckpointNotFoundError, XcosError
 from xcos.weights_io import read_weights
@@ -112,20 +112,6 @@ def test_a_project_error_from_anywhere_is_a_user_error(monkeypatch, capsys):
 # ----------------------------------------------------------------------------- read_weights
 
 
-def _leave_marker(path: str) -> None:
-    Path(path).write_text("code ran")
-
-
-class _Payload:
-    """Pickles as a call to ``_leave_marker``: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (_leave_marker, (str(self.marker),))
-
-
 class _Custom:
     """A harmless custom class: still not weights."""
 
@@ -160,7 +146,7 @@ def test_read_weights_refuses_what_is_not_a_checkpoint(tmp_path, name):
 
 def test_read_weights_runs_no_code(tmp_path):
     marker = tmp_path / "marker"
-    torch.save({"w": _Payload(marker)}, tmp_path / "evil.pth")
+    torch.save({"w": MaliciousPayload(marker)}, tmp_path / "evil.pth")
     with pytest.raises(CheckpointError, match=r"evil\.pth': not a PyTorch checkpoint .*_leave"):
         read_weights(tmp_path / "evil.pth", "-p")
     assert not marker.exists()

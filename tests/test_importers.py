@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import xcos.models.backbones.arcface_torch  # noqa: F401  (registers iresnet)
-from tests.conftest import require_shared
+from tests.conftest import MaliciousPayload, require_shared
 from xcos.config import ModelConfig, from_dict
 from xcos.engine.checkpoint import load_weights
 from xcos.models.backbones.arcface_torch import ARCFACE_LAYERS
@@ -190,23 +190,9 @@ def test_unreadable_and_missing_files(tmp_path) -> None:
         import_recognizer(tmp_path / "absent.pth", "iresnet50", tmp_path / "out.pth")
 
 
-def _leave_marker(path: str) -> None:
-    Path(path).write_text("code ran")
-
-
-class _Payload:
-    """Pickles as a call to ``_leave_marker``: what a malicious checkpoint would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (_leave_marker, (str(self.marker),))
-
-
 def test_pickle_that_runs_code_is_refused(tmp_path) -> None:
     marker = tmp_path / "marker"
-    torch.save({"state_dict": {"conv1.weight": _Payload(marker)}}, tmp_path / "evil.pth")
+    torch.save({"state_dict": {"conv1.weight": MaliciousPayload(marker)}}, tmp_path / "evil.pth")
     with pytest.raises(ValueError, match=r"evil\.pth': not a PyTorch checkpoint .*_leave_marker"):
         import_recognizer(tmp_path / "evil.pth", "iresnet50", tmp_path / "out.pth")
     with pytest.raises(ValueError, match=r"evil\.pth"):

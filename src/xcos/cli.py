@@ -24,7 +24,7 @@ from xcos.cli_recognizers import (
     import_command,
     protocol_command,
 )
-from xcos.cli_report import add_report_parser, report_command
+from xcos.cli_report import add_report_parser, decision_arguments, report_command
 from xcos.config import Config, ConfigError, config_diff, load_config, merge_layers
 from xcos.errors import XcosError
 
@@ -155,15 +155,7 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image_b", help="second face: an image file")
     parser.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
     parser.add_argument("--out", help="write the explanation figure (PNG) here")
-    parser.add_argument(
-        "--layout",
-        choices=("paper", "overlay"),
-        default="paper",
-        help="figure layout: faces and maps side by side, or the maps over the faces",
-    )
     parser.add_argument("--json", help="write the explanation's fields (JSON) here")
-    parser.add_argument("--threshold", type=float, help="decision threshold on the xCos score")
-    parser.add_argument("--metrics", help="take the threshold from a test run's metrics.json")
     parser.add_argument(
         "--align",
         choices=("auto", "always", "never"),
@@ -171,8 +163,7 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
         help="align faces with MTCNN: auto (unless already squares of the model's input size), "
         "always, or never (default: auto)",
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    decision_arguments(parser)
 
 
 def synth_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,10 +15,16 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
     parser.add_argument("--pairs", required=True, help="a pair set: .pack, .csv, .bin or LFW .txt")
     parser.add_argument("--out", required=True, help="the report folder (index.html, figures/)")
-    parser.add_argument("--threshold", type=float, help="decision threshold on the xCos score")
-    parser.add_argument("--metrics", help="take the threshold from a test run's metrics.json")
     parser.add_argument("--errors", type=int, default=8, help="worst errors shown of each kind")
     parser.add_argument("--correct", type=int, default=8, help="correct decisions shown")
+    decision_arguments(parser)
+
+
+def decision_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `xcos explain` and `xcos report` share: the threshold, the figure layout, the
+    device and --debug."""
+    parser.add_argument("--threshold", type=float, help="decision threshold on the xCos score")
+    parser.add_argument("--metrics", help="take the threshold from a test run's metrics.json")
     parser.add_argument(
         "--layout",
         choices=("paper", "overlay"),

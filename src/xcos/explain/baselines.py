@@ -33,9 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xcos.evaluation.evaluator import compare_images
-from xcos.models.geometry import grid_edges, pixel_spans
-
-Spans = list[tuple[int, int]]
+from xcos.models.geometry import Spans, cell_window, grid_edges, pixel_spans
 
 Target = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
@@ -179,7 +177,7 @@ class XCosDifference(XCosContribution):
 
     @staticmethod
     def reading(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return difference_map(outputs["patch_cosine"], outputs["attention"])
+        return outputs["difference"]  # XCosModel.compare's
 
 
 class XCosPatchCosine(XCosContribution):
@@ -190,12 +188,6 @@ class XCosPatchCosine(XCosContribution):
     @staticmethod
     def reading(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return outputs["patch_cosine"]
-
-
-def difference_map(patch_cosine: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-    """``attention * (1 - patch_cosine)`` [B, h, w]: how much each cell pulls the score down
-    from a perfect match (the maps sum to ``1 - xcos``)."""
-    return attention * (1.0 - patch_cosine)
 
 
 class RandomMap(PairExplainer):
@@ -330,9 +322,9 @@ class Occlusion(PairExplainer):
         """[h*w, 3, S, S]: the face with cell k (row-major; pixels from ``spans``) replaced
         by ``fill``."""
         faces = image.repeat(len(spans) ** 2, 1, 1, 1)
-        for i, (y0, y1) in enumerate(spans):
-            for j, (x0, x1) in enumerate(spans):
-                faces[i * len(spans) + j, :, y0:y1, x0:x1] = fill[0, :, y0:y1, x0:x1]
+        for cell in range(len(faces)):
+            rows, columns = cell_window(cell, spans)
+            faces[cell, :, rows, columns] = fill[0, :, rows, columns]
         return faces
 
     @torch.no_grad()

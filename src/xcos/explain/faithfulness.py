@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from xcos.explain.regions import Spans, change_mass, paste, region_cells
+from xcos.explain.regions import change_mass, paste, region_cells
+from xcos.models.geometry import Spans, cell_window
 
 #: A method under test: (model, face_a, face_b) -> difference map [h, w] (faces [1, 3, S, S]).
 DifferenceMethod = Callable[[object, torch.Tensor, torch.Tensor], np.ndarray]
@@ -212,12 +213,11 @@ def progressive(
     """[h*w + 1, 3, S, S]: ``start`` [1, 3, S, S] with the cells of ``order`` (row-major
     indices; pixels of each cell from ``spans``) copied from ``source`` one by one (step 0:
     none)."""
-    width = len(spans)
     faces, current = [start[0]], start[0].clone()
     for cell in order:
-        (y0, y1), (x0, x1) = spans[int(cell) // width], spans[int(cell) % width]
+        rows, columns = cell_window(cell, spans)
         current = current.clone()
-        current[:, y0:y1, x0:x1] = source[0][:, y0:y1, x0:x1]
+        current[:, rows, columns] = source[0][:, rows, columns]
         faces.append(current)
     return torch.stack(faces)
 
@@ -255,10 +255,8 @@ def cover_cells(face: torch.Tensor, cells: np.ndarray, spans: Spans, value: floa
     """``face`` [1, 3, S, S] with the pixels of ``cells`` ([h, w] bool) set to ``value``
     (0 is mid-grey in the normalised range)."""
     covered = face.clone()
-    width = len(spans)
     for cell in np.flatnonzero(cells):
-        (y0, y1), (x0, x1) = spans[cell // width], spans[cell % width]
-        covered[..., y0:y1, x0:x1] = value
+        covered[(..., *cell_window(cell, spans))] = value
     return covered
 
 

@@ -22,6 +22,8 @@ from matplotlib.colors import Normalize, TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from xcos.models.xcos_head import difference_map
+
 #: How many of the most different cells are outlined.
 MARKED_CELLS = 3
 #: The least span of the patch-cosine colour scale on each side of its centre.
@@ -31,12 +33,6 @@ _MARK_WIDTHS = (3.0, 2.0, 1.4)
 _MARK_ALPHAS = (1.0, 0.85, 0.7)
 _MARK_COLOUR = "#00e5ff"
 DIFFERENCE_TITLE = "difference (pulls the score down)"
-
-
-def difference_map(patch_cosine: np.ndarray, attention: np.ndarray) -> np.ndarray:
-    """``attention * (1 - patch_cosine)`` [h, w]: how much each cell pulls the xCos score down
-    from a perfect match (it sums to ``1 - xcos``)."""
-    return np.asarray(attention) * (1.0 - np.asarray(patch_cosine))
 
 
 def most_different_cells(difference: np.ndarray, count: int = MARKED_CELLS) -> list[list[int]]:
@@ -162,7 +158,7 @@ def _maps(
 ) -> list[tuple[str, np.ndarray, Normalize, str, str]]:
     """(name, values, norm, colour map, colour-bar label) of the three maps, in drawing order."""
     if difference is None:
-        difference = difference_map(patch_cosine, attention)
+        difference = difference_map(np.asarray(patch_cosine), np.asarray(attention))
     cosine, centre = cosine_norm(patch_cosine, score, threshold)
     top_attention = float(np.max(attention)) or 1.0
     top_difference = float(np.max(difference))

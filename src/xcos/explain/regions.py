@@ -24,6 +24,7 @@ import torch
 
 from xcos.data.align import face_template
 from xcos.data.pasting import box_mask, paste
+from xcos.models.geometry import Spans
 
 __all__ = [
     "FACE_REGIONS",
@@ -80,9 +81,6 @@ def region_masks(template: str = "arcface", image_size: int | None = None) -> di
         "nose": _ellipse(size, nose_centre, nose_axes),
         "mouth": _ellipse(size, mouth_centre, mouth_axes),
     }
-
-
-Spans = list[tuple[int, int]]  # [start, stop) pixels of each cell along a side
 
 
 def cell_shares(mass: np.ndarray, spans: Spans) -> np.ndarray:

@@ -41,8 +41,17 @@ def grid_edges(backbone: BackboneProtocol, size: int | None = None) -> np.ndarra
     return np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [float(size)]])
 
 
-def pixel_spans(edges: np.ndarray, size: int | None = None) -> list[tuple[int, int]]:
+Spans = list[tuple[int, int]]  # [start, stop) pixels of each cell along a side
+
+
+def pixel_spans(edges: np.ndarray, size: int | None = None) -> Spans:
     """``[start, stop)`` pixel indices of each cell: the pixels whose centre lies in it."""
     size = round(float(edges[-1])) if size is None else size
     bounds = np.clip(np.ceil(np.asarray(edges) - 0.5), 0, size).astype(int)
     return [(int(bounds[k]), int(bounds[k + 1])) for k in range(len(bounds) - 1)]
+
+
+def cell_window(cell: int, spans: Spans) -> tuple[slice, slice]:
+    """(rows, columns) of the pixels of grid cell ``cell`` (row-major index)."""
+    (y0, y1), (x0, x1) = spans[int(cell) // len(spans)], spans[int(cell) % len(spans)]
+    return slice(y0, y1), slice(x0, x1)

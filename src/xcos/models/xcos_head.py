@@ -29,6 +29,12 @@ def patch_cosine(grid_a: torch.Tensor, grid_b: torch.Tensor, eps: float = 1e-6) 
     return (a * b).sum(dim=1).clamp(-1.0, 1.0)
 
 
+def difference_map(patch_cosine, attention):
+    """``attention * (1 - patch_cosine)`` (tensors or arrays, [.., h, w]): how much each cell
+    pulls the xCos score down from a perfect match (the cells sum to ``1 - xcos``)."""
+    return attention * (1.0 - patch_cosine)
+
+
 def global_cosine(grid_a: torch.Tensor, grid_b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Plain cosine of the flattened grids (the embeddings the identity head sees): [B]."""
     a = F.normalize(grid_a.flatten(1).float(), dim=1, eps=eps)

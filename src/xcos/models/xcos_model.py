@@ -12,7 +12,7 @@ from torch import nn
 from xcos.errors import ConfigError
 from xcos.models.backbones.protocol import BackboneProtocol, missing_members
 from xcos.models.targets import read_checkpoint, state_dict_of
-from xcos.models.xcos_head import patch_cosine
+from xcos.models.xcos_head import difference_map, patch_cosine
 from xcos.registry import BACKBONES, HEADS, IDENTITY_HEADS, TARGETS
 from xcos.weights_io import check_fit
 
@@ -110,7 +110,7 @@ class XCosModel(nn.Module):
         xCos score down from a perfect match (it sums to ``1 - xcos``). With ``cos`` =
         ``"embedding"``, ``cos`` is the cosine of the backbone's embeddings."""
         outputs = dict(self.head(faces_a["grid"], faces_b["grid"]))
-        outputs["difference"] = outputs["attention"] * (1.0 - outputs["patch_cosine"])
+        outputs["difference"] = difference_map(outputs["patch_cosine"], outputs["attention"])
         if self.cos_source == "embedding":
             outputs["cos"] = embedding_cosine(faces_a["embedding"], faces_b["embedding"])
         return outputs
@@ -158,8 +158,12 @@ class XCosModel(nn.Module):
             "perturbed_patch_cosine": patch_cosine(faces_b["grid"], faces_perturbed["grid"]),
             "perturbed_xcos": against_a["xcos"],
             "perturbed_attention": against_a["attention"],
-            "perturbed_difference": against_a["attention"] * (1.0 - against_a["patch_cosine"]),
-            "perturbed_self_difference": against_b["attention"] * (1.0 - against_b["patch_cosine"]),
+            "perturbed_difference": difference_map(
+                against_a["patch_cosine"], against_a["attention"]
+            ),
+            "perturbed_self_difference": difference_map(
+                against_b["patch_cosine"], against_b["attention"]
+            ),
         }
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
