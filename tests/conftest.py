@@ -51,6 +51,42 @@ def require_dlib_weights() -> Path:
         skip_or_fail(str(err))
 
 
+def chromium_or_skip():
+    """Selenium + Debian's chromium and chromium-driver; skip with the reason when absent, fail
+    instead under XCOS_REQUIRE_DATA=1 (CI; .ci/run installs them) or XCOS_REQUIRE_BROWSER=1."""
+    import os
+    import shutil
+
+    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("the selenium package (dev extra)")
+    if missing:
+        message = f"headless browser test needs {', '.join(missing)}"
+        flags = ("XCOS_REQUIRE_DATA", "XCOS_REQUIRE_BROWSER")
+        required = [flag for flag in flags if os.environ.get(flag) == "1"]
+        if required:
+            pytest.fail(f"{message}; required under {required[0]}=1 (.ci/run installs them)")
+        pytest.skip(message)
+    return shutil.which("chromium"), shutil.which("chromedriver")
+
+
+def headless_chromium():
+    """A Selenium driver of headless Chromium that keeps the browser console log (skips, or
+    fails under XCOS_REQUIRE_DATA=1, like ``chromium_or_skip``); the caller quits it."""
+    chromium, chromedriver = chromium_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(chromedriver), options=options)
+
+
 TINY_SYNTH = {
     "type": "synthfaces",
     "identities": {"train": 8, "val": 6},

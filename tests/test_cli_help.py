@@ -18,10 +18,12 @@ COMMANDS = [
     "test",
     "explain",
     "report",
+    "serve",
     "prepare",
     "pack",
     "synth",
     "import",
+    "export",
     "lfw-protocol",
 ]
 

@@ -18,7 +18,10 @@ LAYERS = [
     {"explain"},
     {"engine"},
     {"recipes"},
-    {"cli", "cli_pack", "cli_recognizers", "cli_report", "__main__", "__init__"},
+    {"serve"},
+    {"cli", "cli_pack", "cli_recognizers", "cli_report", "cli_export", "cli_serve"}
+    | {"cli_args"}
+    | {"__main__", "__init__"},
 ]
 LEVEL = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 IMPORT = re.compile(r"^\s*(?:from|import)\s+xcos\.(\w+)", re.MULTILINE)

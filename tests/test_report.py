@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import headless_chromium
 from xcos import Verifier
 from xcos.cli import main
 from xcos.explain.report import pick_pairs
@@ -96,41 +97,11 @@ def test_report_needs_a_threshold(checkpoint, tiny_synth, tmp_path, capsys):
     assert "threshold" in capsys.readouterr().err
 
 
-def chromium_or_skip():
-    """Selenium + Debian's chromium and chromium-driver; skip with the reason when absent, fail
-    instead under XCOS_REQUIRE_DATA=1 (CI; .ci/run installs them) or XCOS_REQUIRE_BROWSER=1."""
-    import os
-    import shutil
-
-    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        missing.append("the selenium package (dev extra)")
-    if missing:
-        message = f"headless browser test needs {', '.join(missing)}"
-        flags = ("XCOS_REQUIRE_DATA", "XCOS_REQUIRE_BROWSER")
-        required = [flag for flag in flags if os.environ.get(flag) == "1"]
-        if required:
-            pytest.fail(f"{message}; required under {required[0]}=1 (.ci/run installs them)")
-        pytest.skip(message)
-    return shutil.which("chromium"), shutil.which("chromedriver")
-
-
 def test_report_opens_in_headless_chromium(checkpoint, tiny_synth, tmp_path):
-    chromium, chromedriver = chromium_or_skip()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     out = tmp_path / "report"
     args = ["report", "-p", str(checkpoint), "--pairs", str(tiny_synth / "synth_val.csv")]
     assert main([*args, "--out", str(out), "--threshold", "0.5", "--device", "cpu"]) == 0
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver = headless_chromium()
     try:
         driver.get((out / "index.html").as_uri())
         shown = driver.execute_script("return document.images.length")

@@ -177,3 +177,37 @@ def test_align_never_refuses_a_photo_instead_of_resizing_it(checkpoint, tiny_syn
     refused = r"face B of pair 0: a 48x64 image, and align='never' takes aligned 64x64"
     with pytest.raises(UnalignedImageError, match=refused):
         verifier.explain(a, photo)
+
+
+def test_info_says_what_the_model_is_and_where_the_threshold_came_from(checkpoint, tmp_path):
+    import hashlib
+
+    info = Verifier.from_checkpoint(checkpoint, device="cpu").info
+    assert info["checkpoint"] == checkpoint.name  # the name only, never the server's path
+    assert info["checkpoint_sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    assert info["threshold_source"] == "checkpoint (validation)"
+    assert (info["input_size"], info["grid"], info["face_template"]) == (64, [4, 4], "arcface")
+    assert info["backbone"] == "ir_se" and info["runtime"].startswith("torch ")
+    given = Verifier.from_checkpoint(checkpoint, threshold=0.25, device="cpu").info
+    assert (given["threshold"], given["threshold_source"]) == (0.25, "--threshold")
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps({"lfw": {"xcos": {"threshold": 0.3}}}))
+    from_file = Verifier.from_checkpoint(checkpoint, metrics=metrics, device="cpu").info
+    assert (from_file["threshold"], from_file["threshold_source"]) == (0.3, "metrics: metrics.json")
+
+
+def test_most_different_regions_name_the_cells_and_their_share(checkpoint, tiny_synth):
+    result = Verifier.from_checkpoint(checkpoint, device="cpu").explain(*faces(tiny_synth))
+    regions = result.as_dict()["most_different_regions"]
+    assert [entry["cell"] for entry in regions] == result.most_different_cells
+    total = result.difference.sum()
+    for entry in regions:
+        row, column = entry["cell"]
+        assert entry["share"] == pytest.approx(result.difference[row, column] / total)
+        assert entry["region"] == result.cell_regions[row][column]
+    # the 4x4 IR grid of a 64 px ArcFace face (edges 0, 8.5, 24.5, 40.5, 64): the left eye
+    # (21.9, 29.5) and the nose tip (32.0, 41.0) fall in row 2, the mouth (32.0, 52.7) in row 3;
+    # the right eye (42.0, 29.4) sits in the wide last column, which it covers too little
+    assert result.cell_regions[2] == [None, "left_eye", "nose", None]
+    assert result.cell_regions[3] == [None, None, "mouth", None]
+    assert result.cell_regions[0] == result.cell_regions[1] == [None] * 4

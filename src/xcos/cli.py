@@ -1,6 +1,7 @@
 """Command line: ``xcos <command>`` and the classic ``python main.py -tc config.json``.
 
-Commands: train, test, explain, report, prepare, pack, synth, import, lfw-protocol.
+Commands: train, test, explain, report, serve, prepare, pack, synth, import, export,
+lfw-protocol.
 ``xcos``, ``xcos --help`` and ``xcos --version`` introduce the program.
 """
 
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xcos.cli_args import max_pixels_argument
+from xcos.cli_export import add_export_parser, export_command
 from xcos.cli_pack import add_pack_parser, pack_command
 from xcos.cli_recognizers import (
     add_import_parser,
@@ -25,6 +28,7 @@ from xcos.cli_recognizers import (
     protocol_command,
 )
 from xcos.cli_report import add_report_parser, decision_arguments, report_command
+from xcos.cli_serve import add_serve_parser, serve_command
 from xcos.config import Config, ConfigError, config_diff, load_config, merge_layers
 from xcos.errors import XcosError
 
@@ -37,10 +41,12 @@ COMMANDS = (  # in the order `xcos --help` lists them
     "test",
     "explain",
     "report",
+    "serve",
     "prepare",
     "pack",
     "synth",
     "import",
+    "export",
     "lfw-protocol",
 )
 TOP_LEVEL_OPTIONS = ("-h", "--help", "--version")
@@ -140,12 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     text = "verify and explain one pair of faces"
     explain_arguments(commands.add_parser("explain", help=text, description=text))
     add_report_parser(commands)
+    add_serve_parser(commands)
     text = "detect, align and pack a pair set"
     prepare_arguments(commands.add_parser("prepare", help=text, description=text))
     add_pack_parser(commands)
     text = "generate the SynthFaces data set"
     synth_arguments(commands.add_parser("synth", help=text, description=text))
     add_import_parser(commands)
+    add_export_parser(commands)
     add_protocol_parser(commands, run_arguments)
     return parser
 
@@ -163,6 +171,7 @@ def explain_arguments(parser: argparse.ArgumentParser) -> None:
         help="align faces with MTCNN: auto (unless already squares of the model's input size), "
         "always, or never (default: auto)",
     )
+    max_pixels_argument(parser)
     decision_arguments(parser)
 
 
@@ -206,6 +215,7 @@ def prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=32, help="images aligned together (default: 32)"
     )
+    max_pixels_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pack")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
@@ -283,10 +293,14 @@ def dispatch(args: argparse.Namespace) -> int:
         return explain_command(args)
     if args.command == "import":
         return import_command(args)
+    if args.command == "export":
+        return export_command(args)
     if args.command == "pack":
         return pack_command(args)
     if args.command == "report":
         return report_command(args)
+    if args.command == "serve":
+        return serve_command(args)
     return run_command(args)
 
 
@@ -465,6 +479,7 @@ def prepare_command(args: argparse.Namespace) -> int:
             select=args.select,
             no_face=args.no_face,
             device=str(resolve_device(args.device)),
+            pixel_limit=args.max_pixels,
         )
     out = prepare_pack(pair_set, args.out, aligner, [Path(source)], args.batch_size, args.overwrite)
     fallbacks = aligner.stats.fallbacks if aligner is not None else 0
@@ -479,7 +494,7 @@ def explain_command(args: argparse.Namespace) -> int:
     from xcos.explain.verifier import Verifier
 
     verifier = Verifier.from_checkpoint(
-        args.pretrained, args.threshold, args.metrics, args.device, args.align
+        args.pretrained, args.threshold, args.metrics, args.device, args.align, args.max_pixels
     )
     result = verifier.explain(args.image_a, args.image_b)
     verdict = "same person" if result.same else "different people"

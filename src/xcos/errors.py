@@ -17,6 +17,8 @@ __all__ = [
     "DataError",
     "DlibFormatError",
     "DlibWeightsNotFoundError",
+    "ImageTooLargeError",
+    "NoFaceError",
     "NonFiniteLossError",
     "SetupError",
     "UnalignedImageError",
@@ -38,6 +40,15 @@ class DataError(XcosError, ValueError):
 
 class BadImageError(XcosError, ValueError):
     """An image file cannot be decoded; the message names the file."""
+
+
+class ImageTooLargeError(BadImageError):
+    """An image has more pixels than the limit (``--max-pixels``); refused from its header,
+    before it is decoded, so that a small compressed file cannot take gigabytes to decode."""
+
+
+class NoFaceError(DataError):
+    """Face detection found no face in an image; the message names it."""
 
 
 class UnalignedImageError(DataError):

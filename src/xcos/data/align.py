@@ -3,7 +3,8 @@
 Pipeline, per image:
 
 1. Decode at the data boundary to RGB uint8 (EXIF rotation applied; grayscale, palette, RGBA,
-   CMYK... all become RGB), with bounded memory: an image above ``max_pixels`` is reduced
+   CMYK... all become RGB), with bounded memory: an image above ``pixel_limit`` (40 MP) is
+   refused from its header before decoding; one above ``max_pixels`` (20 MP) is reduced
    *while decoding* when it is a JPEG (the decoder's DCT scaling by 1/2, 1/4 or 1/8, see
    ``PIL.Image.draft``), then resized to fit ``max_pixels``. Alignment works on that bounded
    "working" image; landmarks, boxes and the transform are reported in the coordinates of the
@@ -33,8 +34,8 @@ mouth corner ("left" = smaller x in the image), as in the template.
 
 from __future__ import annotations
 
+import io
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,11 +44,11 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from xcos.data.image_folder import DataError
-from xcos.data.images import BadImageError
-from xcos.errors import SetupError
+from xcos.data.images import DEFAULT_MAX_PIXELS, BadImageError, check_pixels, open_image
+from xcos.errors import NoFaceError, SetupError
 
 __all__ = [
     "ARCFACE_TEMPLATE",
@@ -65,7 +66,7 @@ __all__ = [
     "warp_affine",
 ]
 
-ImageInput = np.ndarray | Image.Image | str | Path
+ImageInput = np.ndarray | Image.Image | str | Path | bytes
 
 #: Standard ArcFace 5-point template for 112 x 112 crops, (x, y): left eye, right eye, nose
 #: tip, left mouth corner, right mouth corner.
@@ -263,35 +264,37 @@ def _bounded_pil_to_rgb(
 
 
 def load_bounded_rgb(
-    source: ImageInput, max_pixels: int = 20_000_000, name: str = ""
+    source: ImageInput,
+    max_pixels: int = 20_000_000,
+    name: str = "",
+    pixel_limit: int | None = DEFAULT_MAX_PIXELS,
 ) -> LoadedImage:
-    """Decode ``source`` (path, PIL image or array) to an RGB uint8 working image.
+    """Decode ``source`` (path, encoded bytes, PIL image or array) to an RGB uint8 working image.
 
     Arrays must be uint8 [H, W], [H, W, 1], [H, W, 3] (taken as RGB) or [H, W, 4] (RGBA; alpha
     dropped). Images above ``max_pixels`` are reduced (JPEG files while decoding, see the module
     docstring). Other formats, and PIL images passed in (the caller's object is not changed),
-    are decoded as uint8 first, within PIL's decompression-bomb limit, then resized.
+    are decoded as uint8 first, then resized. Any image above ``pixel_limit`` (None: no limit)
+    is refused, files and bytes from their header before anything is decoded.
 
     Raises:
-        BadImageError: the file cannot be decoded (truncated, not an image, too large for PIL);
-            the message names it.
+        ImageTooLargeError: more than ``pixel_limit`` pixels; the message names the image.
+        BadImageError: the file cannot be decoded (truncated, not an image); the message names it.
         DataError: an array of the wrong dtype or shape.
     """
-    if isinstance(source, (str, Path)):
-        name = name or str(source)
-        try:
-            with warnings.catch_warnings():
-                # JPEGs are reduced while decoding; others decode to uint8 only (PIL's hard
-                # limit, DecompressionBombError, still applies)
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(source) as image:
-                    rgb, source_size = _bounded_pil_to_rgb(image, max_pixels, draft=True)
-        except Image.DecompressionBombError as err:
-            raise BadImageError(f"cannot decode image {name!r}: {err}") from err
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-            raise BadImageError(f"cannot decode image {name!r}: {err}") from err
+    if isinstance(source, (str, Path, bytes)):
+        if isinstance(source, bytes):
+            name, opened = name or "<bytes>", io.BytesIO(source)
+        else:
+            name, opened = name or str(source), source
+        with open_image(opened, name, pixel_limit) as image:
+            try:  # JPEGs are reduced while decoding
+                rgb, source_size = _bounded_pil_to_rgb(image, max_pixels, draft=True)
+            except (OSError, SyntaxError, ValueError) as err:
+                raise BadImageError(f"cannot decode image {name!r}: {err}") from err
     elif isinstance(source, Image.Image):
         name = name or getattr(source, "filename", "") or "<PIL image>"
+        check_pixels(source.size, name, pixel_limit)
         try:
             rgb, source_size = _bounded_pil_to_rgb(source, max_pixels, draft=False)
         except (OSError, SyntaxError, ValueError) as err:
@@ -300,6 +303,7 @@ def load_bounded_rgb(
         name = name or "<array>"
         rgb = _array_to_rgb(source, name)
         source_size = (rgb.shape[1], rgb.shape[0])
+        check_pixels(source_size, name, pixel_limit)
         if rgb.shape[0] * rgb.shape[1] > max_pixels:
             small = Image.fromarray(rgb).resize(
                 _fit_size(rgb.shape[1], rgb.shape[0], max_pixels), Image.BILINEAR, reducing_gap=2.0
@@ -478,6 +482,8 @@ class FaceAligner:
         device: torch device for detection.
         max_pixels: larger images are reduced before anything else (JPEG while decoding);
             alignment works on the reduced image, coordinates are reported at full resolution.
+        pixel_limit: larger images are refused (``ImageTooLargeError``) from their header,
+            before they are decoded (``--max-pixels``; None: no limit).
         detect_size: detection runs on a copy whose longer side is at most this (never upscaled).
         min_face_size: smallest face searched for, in pixels of that detection copy.
         thresholds: MTCNN P-, R-, O-Net score thresholds.
@@ -499,6 +505,7 @@ class FaceAligner:
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         pyramid_factor: float = 0.709,
         batch_size: int = 32,
+        pixel_limit: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         if image_size < 16:
             raise ValueError(f"image_size: expected at least 16, got {image_size}")
@@ -517,6 +524,7 @@ class FaceAligner:
         self.no_face = no_face
         self.center_crop_fraction = center_crop_fraction
         self.max_pixels = max_pixels
+        self.pixel_limit = pixel_limit
         self.detect_size = detect_size
         self.batch_size = batch_size
         self.detector = MTCNNDetector(min_face_size, thresholds, pyramid_factor, device)
@@ -532,6 +540,7 @@ class FaceAligner:
             "no_face": self.no_face,
             "center_crop_fraction": self.center_crop_fraction,
             "max_pixels": self.max_pixels,
+            "pixel_limit": self.pixel_limit,
             "detect_size": self.detect_size,
             "min_face_size": self.detector.min_face_size,
             "thresholds": list(self.detector.thresholds),
@@ -544,7 +553,7 @@ class FaceAligner:
 
     def load(self, image: ImageInput, name: str = "") -> LoadedImage:
         """Decode ``image`` to the bounded RGB working image; tiny images raise a DataError."""
-        loaded = load_bounded_rgb(image, self.max_pixels, name)
+        loaded = load_bounded_rgb(image, self.max_pixels, name, self.pixel_limit)
         height, width = loaded.rgb.shape[:2]
         if min(height, width) < MIN_IMAGE_SIDE:
             raise DataError(
@@ -563,20 +572,27 @@ class FaceAligner:
         small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         return small, _scale_matrix(width / size[0], height / size[1])
 
-    def align(self, image: ImageInput) -> AlignedFace:
-        """Align one image (path, PIL image, or RGB/gray/RGBA uint8 array)."""
-        return self.align_batch([image])[0]
+    def align(self, image: ImageInput, name: str = "") -> AlignedFace:
+        """Align one image (path, encoded bytes, PIL image, or RGB/gray/RGBA uint8 array);
+        errors name it ``name`` (default: its path, or its position and type)."""
+        return self.align_batch([image], [name] if name else None)[0]
 
-    def align_batch(self, images: Sequence[ImageInput]) -> list[AlignedFace]:
+    def align_batch(
+        self, images: Sequence[ImageInput], names: Sequence[str] | None = None
+    ) -> list[AlignedFace]:
         """Align images, detecting ``batch_size`` at a time (equal detection sizes batched)."""
         results: list[AlignedFace] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            names = [
-                "" if isinstance(img, (str, Path)) else f"image #{start + i} ({type(img).__name__})"
+            names_here = [
+                names[start + i]
+                if names
+                else ""
+                if isinstance(img, (str, Path))
+                else f"image #{start + i} ({type(img).__name__})"
                 for i, img in enumerate(chunk)
             ]
-            loaded = [self.load(img, name) for img, name in zip(chunk, names, strict=True)]
+            loaded = [self.load(img, name) for img, name in zip(chunk, names_here, strict=True)]
             inputs = [self.detection_input(item.rgb) for item in loaded]
             detections: list[Detections | None] = [None] * len(loaded)
             by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -623,7 +639,7 @@ class FaceAligner:
     def _no_face(self, item: LoadedImage) -> AlignedFace:
         if self.no_face == "error":
             self.stats.no_face_errors += 1
-            raise DataError(
+            raise NoFaceError(
                 f"{item.name}: no face found (MTCNN, min_face_size="
                 f"{self.detector.min_face_size}, thresholds={list(self.detector.thresholds)}); "
                 "use no_face='center_crop' for pre-centred images"

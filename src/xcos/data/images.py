@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +13,13 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Defined in xcos.errors, re-exported here where they were first defined.
-from xcos.errors import BadImageError, DataError, UnalignedImageError  # noqa: F401
+from xcos.data.limits import DEFAULT_MAX_PIXELS, check_pixels
+from xcos.errors import (  # noqa: F401
+    BadImageError,
+    DataError,
+    ImageTooLargeError,
+    UnalignedImageError,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
@@ -55,18 +65,54 @@ def read_face(path: str | Path, size: int, fix: str = "") -> np.ndarray:
     return face
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
+def read_rgb(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` to an RGB uint8 array [H, W, 3] (EXIF rotation applied), at its own
-    size: nothing in xcos resizes a face (``read_face`` refuses one of the wrong size)."""
+    size: nothing in xcos resizes a face (``read_face`` refuses one of the wrong size). An
+    image of more than ``max_pixels`` pixels (None: no limit) raises ``ImageTooLargeError``
+    before it is decoded."""
+    with open_image(path, str(path), max_pixels) as image:
+        return _decode(image, str(path))
+
+
+def decode_rgb(data: bytes, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """``read_rgb`` of an encoded image held in memory (an upload); errors name ``name``."""
+    with open_image(io.BytesIO(data), name, max_pixels) as image:
+        return _decode(image, name)
+
+
+@contextmanager
+def open_image(
+    source: str | Path | io.BytesIO, name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Iterator[Image.Image]:
+    """``PIL.Image.open`` with xcos's errors: its header only is read, and an image of more
+    than ``max_pixels`` pixels raises ``ImageTooLargeError`` naming ``name`` (nothing is
+    decoded); a missing or undecodable file raises ``BadImageError``."""
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image = image.convert("RGB")
-            return np.asarray(image, dtype=np.uint8).copy()
+        with warnings.catch_warnings():
+            # PIL warns above its own limit (89 MP); ours is checked right below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
     except FileNotFoundError:
-        raise BadImageError(f"image {str(path)!r}: no such file") from None
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise BadImageError(f"cannot decode image {str(path)!r}: {err}") from err
+        raise BadImageError(f"image {name!r}: no such file") from None
+    except Image.DecompressionBombError as err:  # over twice PIL's limit: refused at open
+        raise ImageTooLargeError(f"image {name!r} is too large to decode: {err}") from err
+    except UnidentifiedImageError as err:  # its message shows the source object: not useful
+        raise BadImageError(f"cannot decode image {name!r}: not an image file") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadImageError(f"cannot decode image {name!r}: {err}") from err
+    with image:
+        check_pixels(image.size, name, max_pixels)
+        yield image
+
+
+def _decode(image: Image.Image, name: str) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = ImageOps.exif_transpose(image)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
+        raise BadImageError(f"cannot decode image {name!r}: {err}") from err
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -24,11 +24,12 @@ import torch
 
 from xcos.data.align import face_template
 from xcos.data.pasting import box_mask, paste
-from xcos.models.geometry import Spans
+from xcos.models.geometry import Spans, pixel_spans
 
 __all__ = [
     "FACE_REGIONS",
     "box_mask",
+    "cell_regions",
     "cell_shares",
     "change_mass",
     "paste",
@@ -81,6 +82,25 @@ def region_masks(template: str = "arcface", image_size: int | None = None) -> di
         "nose": _ellipse(size, nose_centre, nose_axes),
         "mouth": _ellipse(size, mouth_centre, mouth_axes),
     }
+
+
+def cell_regions(
+    template: str, edges: np.ndarray, image_size: int, min_cover: float = 0.25
+) -> list[list[str | None]]:
+    """[h][w]: the facial region (``FACE_REGIONS``) covering most of each grid cell whose
+    edges are ``edges`` [h + 1] on a face of side ``image_size``, or None where no region
+    covers at least ``min_cover`` of the cell (cheek, forehead, background)."""
+    masks = region_masks(template, image_size)
+    spans = pixel_spans(edges, image_size)
+    names: list[list[str | None]] = []
+    for y0, y1 in spans:
+        row: list[str | None] = []
+        for x0, x1 in spans:
+            cover = {name: float(mask[y0:y1, x0:x1].mean()) for name, mask in masks.items()}
+            best = max(cover, key=cover.get)
+            row.append(best if y1 > y0 and x1 > x0 and cover[best] >= min_cover else None)
+        names.append(row)
+    return names
 
 
 def cell_shares(mass: np.ndarray, spans: Spans) -> np.ndarray:

@@ -7,16 +7,22 @@ r.patch_cosine, r.attention, r.contribution, r.faces
 r.difference                           # where the faces differ: attention * (1 - patch cosine)
 r.as_dict()["most_different_cells"]    # [row, col] of the 3 cells pulling the score down most
 r.figure().savefig("pair.png")         # the most different cells outlined on both faces
+v.info                                 # backbone, grid, input size, threshold and its source
+
+The model runs behind a ``PairScorer``: PyTorch (``TorchScorer``) or onnxruntime
+(``Verifier.from_onnx``, ``xcos.explain.onnx``), with the same decoding, alignment and results.
+Images above ``max_pixels`` (40 MP) are refused from their header, before they are decoded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -24,17 +30,24 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from xcos.config import ModelConfig, from_dict
-from xcos.data.images import read_rgb, to_image
+from xcos.data.images import DEFAULT_MAX_PIXELS, check_pixels, decode_rgb, read_rgb, to_image
 from xcos.errors import CheckpointError, ConfigError, DataError, UnalignedImageError, XcosError
 from xcos.evaluation.evaluator import compare_faces
 from xcos.explain.figures import LAYOUTS, most_different_cells
+from xcos.explain.regions import cell_regions
 from xcos.models.geometry import grid_edges
 from xcos.models.loading import build_and_load
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import XCosModel
 from xcos.runtime import resolve_device
 
-ImageLike = str | Path | Image.Image | np.ndarray | torch.Tensor
+#: A file path, encoded image bytes (an upload), a PIL image, an RGB uint8 array, or a
+#: normalised face tensor [3, S, S].
+ImageLike = str | Path | bytes | Image.Image | np.ndarray | torch.Tensor
+
+#: What a ``PairScorer.compare`` returns, per pair: scores [N] and maps [N, h, w].
+SCORE_KEYS = ("xcos", "cos")
+MAP_KEYS = ("patch_cosine", "attention", "difference")
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +70,27 @@ class Explanation:
     faces: tuple[np.ndarray, np.ndarray]
     difference: np.ndarray
     cell_edges: np.ndarray | None = None
+    cell_regions: list[list[str | None]] | None = None
 
     @property
     def most_different_cells(self) -> list[list[int]]:
         """``[row, col]`` of the 3 cells with the highest ``difference``, highest first."""
         return most_different_cells(self.difference)
+
+    @property
+    def most_different_regions(self) -> list[dict[str, Any]]:
+        """The ``most_different_cells`` in words: each cell, the facial region covering it
+        (``left_eye``, ``right_eye``, ``nose``, ``mouth``, or None; "left" is the image's
+        left) and its ``share`` of the whole difference (``1 - score``)."""
+        total = float(self.difference.sum())
+        return [
+            {
+                "cell": [row, col],
+                "region": self.cell_regions[row][col] if self.cell_regions else None,
+                "share": float(self.difference[row, col]) / total if total > 0 else 0.0,
+            }
+            for row, col in self.most_different_cells
+        ]
 
     def figure(self, layout: str = "paper") -> Figure:
         """The explanation drawn in ``layout``: ``"paper"`` or ``"overlay"``."""
@@ -91,34 +120,121 @@ class Explanation:
             "contribution": self.contribution.tolist(),
             "difference": self.difference.tolist(),
             "most_different_cells": self.most_different_cells,
+            "most_different_regions": self.most_different_regions,
+        }
+
+
+@runtime_checkable
+class PairScorer(Protocol):
+    """What the ``Verifier`` runs a model through: PyTorch (``TorchScorer``) or onnxruntime
+    (``xcos.explain.onnx.OnnxScorer``)."""
+
+    input_size: int
+    face_template: str
+    cell_edges: np.ndarray  # [h + 1] pixel edges of the grid cells on a face
+
+    def compare(self, faces: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        """RGB uint8 faces [S, S, 3] given as A, B, A, B, ... -> ``SCORE_KEYS`` [N] and
+        ``MAP_KEYS`` [N, h, w] float32 arrays, in one pass of the backbone."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """``runtime``, ``backbone`` and ``grid`` ([h, w]), for ``Verifier.info``."""
+        ...
+
+
+class TorchScorer:
+    """A ``PairScorer`` running an ``XCosModel`` with PyTorch on ``device``, without
+    gradients."""
+
+    def __init__(self, model: XCosModel, device: str | torch.device = "auto") -> None:
+        self.device = resolve_device(str(device))
+        self.model = model.to(self.device).eval()
+        self.input_size = model.input_size
+        self.face_template = model.face_template
+        self.cell_edges = grid_edges(model.backbone, model.input_size)
+
+    @torch.no_grad()
+    def compare(self, faces: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+        compared = compare_faces(self.model, faces, self.device)
+        return {key: compared[key].float().cpu().numpy() for key in SCORE_KEYS + MAP_KEYS}
+
+    def describe(self) -> dict[str, Any]:
+        cells = len(self.cell_edges) - 1
+        return {
+            "runtime": f"torch {torch.__version__} ({self.device.type})",
+            "backbone": type(self.model.backbone).__name__,
+            "grid": [cells, cells],
         }
 
 
 class Verifier:
-    """Scores and explains pairs with an xCos model, on ``device``, without gradients.
+    """Scores and explains pairs with an xCos model (an ``XCosModel`` run with PyTorch on
+    ``device``, or any ``PairScorer``), without gradients.
 
     Args:
-        model: the xCos model.
+        model: the xCos model, or a ``PairScorer`` (``device`` is then ignored).
         threshold: the decision threshold on the xCos score (``score > threshold``: same).
         device: ``auto``, ``cpu`` or ``cuda``.
         align: ``auto`` aligns (MTCNN) any image that is not already a square of the model's
             input size; ``always`` / ``never`` force it.
+        max_pixels: images of more pixels are refused (``ImageTooLargeError``) from their
+            header, before they are decoded; None: no limit.
+        provenance: where the model and threshold came from, shown in ``info``
+            (``checkpoint``, ``checkpoint_sha256``, ``threshold_source``, ``backbone``).
     """
 
     def __init__(
         self,
-        model: XCosModel,
+        model: XCosModel | PairScorer,
         threshold: float | None,
         device: str = "auto",
         align: str = "auto",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        provenance: dict[str, Any] | None = None,
     ) -> None:
         if align not in ("auto", "always", "never"):
             raise ConfigError(f"align: expected auto, always or never, got {align!r}")
-        self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        if max_pixels is not None and max_pixels < 1:
+            raise ConfigError(f"max_pixels: expected a positive number, got {max_pixels}")
+        self.scorer = TorchScorer(model, device) if isinstance(model, XCosModel) else model
         self.threshold = threshold
         self.align = align
+        self.max_pixels = max_pixels
+        self.provenance = dict(provenance or {})
         self._aligner = None
+        self._cell_regions = cell_regions(
+            self.scorer.face_template, self.scorer.cell_edges, self.scorer.input_size
+        )
+
+    @property
+    def model(self) -> XCosModel | None:
+        """The PyTorch model (None when another runtime scores the pairs)."""
+        return getattr(self.scorer, "model", None)
+
+    @property
+    def device(self) -> torch.device:
+        return getattr(self.scorer, "device", torch.device("cpu"))
+
+    @property
+    def input_size(self) -> int:
+        return self.scorer.input_size
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the model is and where its threshold came from: ``runtime``, ``backbone``,
+        ``grid`` [h, w], ``input_size``, ``face_template``, ``threshold``,
+        ``threshold_source``, ``checkpoint`` (file name) and ``checkpoint_sha256``."""
+        return {
+            **self.scorer.describe(),
+            "input_size": self.scorer.input_size,
+            "face_template": self.scorer.face_template,
+            "threshold": self.threshold,
+            "threshold_source": None,
+            "checkpoint": None,
+            "checkpoint_sha256": None,
+            **self.provenance,
+        }
 
     @classmethod
     def from_checkpoint(
@@ -128,6 +244,7 @@ class Verifier:
         metrics: str | Path | None = None,
         device: str = "auto",
         align: str = "auto",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> Verifier:
         """Build the model from the config stored in an xcos checkpoint and load its weights.
 
@@ -150,11 +267,38 @@ class Verifier:
             )
         model_cfg = from_dict(ModelConfig, config["model"], "model")
         model = build_and_load(model_cfg, path, inference=True, state=weights)
-        if threshold is None and metrics is not None:
-            threshold = threshold_from_metrics(metrics)
-        if threshold is None:
-            threshold = state.get("threshold")
-        return cls(model, threshold, device, align)
+        threshold, source = choose_threshold(threshold, metrics, state.get("threshold"))
+        provenance = {
+            "backbone": model_cfg.backbone.get("type", type(model.backbone).__name__),
+            "threshold_source": source,
+            **checkpoint_provenance(path),
+        }
+        return cls(model, threshold, device, align, max_pixels, provenance)
+
+    @classmethod
+    def from_onnx(
+        cls,
+        path: str | Path,
+        threshold: float | None = None,
+        metrics: str | Path | None = None,
+        align: str = "auto",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> Verifier:
+        """A Verifier running a model exported by ``xcos export --onnx`` on onnxruntime: the
+        same decoding, alignment, threshold rules and results as ``from_checkpoint``."""
+        from xcos.explain.onnx import OnnxScorer
+
+        scorer = OnnxScorer(path)
+        threshold, source = choose_threshold(
+            threshold, metrics, scorer.threshold, scorer.threshold_source
+        )
+        provenance = {
+            "threshold_source": source,
+            **scorer.provenance,
+            "onnx": Path(path).name,
+            "onnx_sha256": file_digest(path),
+        }
+        return cls(scorer, threshold, "cpu", align, max_pixels, provenance)
 
     def require_threshold(self) -> float:
         """The decision threshold; an error saying where to get one when there is none."""
@@ -169,40 +313,51 @@ class Verifier:
         """Verify and explain one pair."""
         return self.explain_batch([(image_a, image_b)])[0]
 
-    @torch.no_grad()
     def explain_batch(self, pairs: Sequence[tuple[ImageLike, ImageLike]]) -> list[Explanation]:
         """Verify and explain many pairs in one forward pass of the backbone."""
         self.require_threshold()
         faces = [
-            self._face(image, f"face {'AB'[k]} of pair {i}")
-            for i, pair in enumerate(pairs)
-            for k, image in enumerate(pair)
+            (
+                self.face(a, f"face A of pair {i}"),
+                self.face(b, f"face B of pair {i}"),
+            )
+            for i, (a, b) in enumerate(pairs)
         ]
-        compared = compare_faces(self.model, faces, self.device)
-        out = {k: v.float().cpu().numpy() for k, v in compared.items()}
-        edges = grid_edges(self.model.backbone, self.model.input_size)
+        return self.explain_faces(faces)
+
+    def explain_faces(self, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Explanation]:
+        """``explain_batch`` of faces already made by ``face`` (aligned RGB uint8 [S, S, 3]):
+        one pass of the backbone for all of them (the server's micro-batches)."""
+        threshold = self.require_threshold()
+        if not pairs:
+            return []
+        out = self.scorer.compare([face for pair in pairs for face in pair])
         return [
             Explanation(
                 score=float(out["xcos"][i]),
-                same=bool(out["xcos"][i] > self.threshold),
-                threshold=float(self.threshold),
+                same=bool(out["xcos"][i] > threshold),
+                threshold=float(threshold),
                 cos=float(out["cos"][i]),
                 patch_cosine=out["patch_cosine"][i],
                 attention=out["attention"][i],
                 contribution=out["patch_cosine"][i] * out["attention"][i],
-                faces=(faces[2 * i], faces[2 * i + 1]),
+                faces=(pairs[i][0], pairs[i][1]),
                 difference=out["difference"][i],
-                cell_edges=edges,
+                cell_edges=self.scorer.cell_edges,
+                cell_regions=self._cell_regions,
             )
             for i in range(len(pairs))
         ]
 
-    def _face(self, image: ImageLike, which: str) -> np.ndarray:
-        """An aligned RGB uint8 face [S, S, 3] of the model's input size."""
-        size = self.model.input_size
+    def face(self, image: ImageLike, which: str) -> np.ndarray:
+        """The aligned RGB uint8 face [S, S, 3] of the model's input size that ``image`` gives
+        (decoded within ``max_pixels``, aligned as ``align`` says); errors name ``which``
+        and keep their class (``ImageTooLargeError``, ``BadImageError``, ``NoFaceError``...).
+        """
+        size = self.scorer.input_size
         if isinstance(image, torch.Tensor):
             return to_image(image[0] if image.ndim == 4 else image)
-        rgb = _to_rgb(image, which)
+        rgb = self._to_rgb(image, which)
         aligned_already = rgb.shape[0] == rgb.shape[1] == size
         if aligned_already and self.align != "always":
             return rgb
@@ -213,37 +368,91 @@ class Verifier:
                 f"{size}x{size} faces only; align it (align='auto', or `xcos explain "
                 "--align auto`)"
             )
-        # A path goes to the aligner as is, so that its errors name the file.
-        source = image if isinstance(image, (str, Path)) else rgb
+        # A path goes to the aligner as is, so that its errors name the file; JPEG bytes and
+        # files are reduced while decoding.
+        source = image if isinstance(image, (str, Path, bytes)) else rgb
         try:
-            return self._get_aligner().align(source).face
-        except XcosError as err:  # DataError: no face found, image too small, ...
-            raise DataError(f"{which}: {err}") from err
+            name = "" if isinstance(image, (str, Path)) else which
+            return self._get_aligner().align(source, name).face
+        except XcosError as err:  # NoFaceError, image too small, ...
+            raise _named(err, which) from err
+
+    def _to_rgb(self, image: ImageLike, which: str) -> np.ndarray:
+        """The image decoded to RGB uint8 (within ``max_pixels``); errors name ``which``."""
+        try:
+            if isinstance(image, (str, Path)):
+                return read_rgb(image, self.max_pixels)
+            if isinstance(image, bytes):
+                return decode_rgb(image, which, self.max_pixels)
+            return _array_to_rgb(image, which, self.max_pixels)
+        except XcosError as err:  # ImageTooLargeError, BadImageError: missing or undecodable
+            raise _named(err, which) from err
 
     def _get_aligner(self):
         if self._aligner is None:
             from xcos.data.align import FaceAligner
 
             self._aligner = FaceAligner(
-                image_size=self.model.input_size, template=self.model.face_template
+                image_size=self.scorer.input_size,
+                template=self.scorer.face_template,
+                pixel_limit=self.max_pixels,
             )
         return self._aligner
 
 
-def _to_rgb(image: ImageLike, which: str) -> np.ndarray:
-    if isinstance(image, (str, Path)):
-        try:
-            return read_rgb(image)
-        except XcosError as err:  # BadImageError: missing or undecodable file
-            raise DataError(f"{which}: {err}") from err
+def _named(err: XcosError, which: str) -> XcosError:
+    """``err`` of the same class with ``which: `` in front of its message, unless the
+    message names ``which`` already."""
+    message = str(err)
+    named = message.startswith(which) or repr(which) in message
+    return type(err)(message if named else f"{which}: {message}")
+
+
+def _array_to_rgb(
+    image: Image.Image | np.ndarray, which: str, max_pixels: int | None
+) -> np.ndarray:
     if isinstance(image, Image.Image):
+        check_pixels(image.size, which, max_pixels)
         return np.asarray(image.convert("RGB"))
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise ValueError(f"{which}: expected a uint8 image array, got {array.dtype}")
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
+    check_pixels((array.shape[1], array.shape[0]), which, max_pixels)
     return np.ascontiguousarray(array[..., :3])
+
+
+def choose_threshold(
+    threshold: float | None,
+    metrics: str | Path | None,
+    stored: float | None,
+    stored_source: str | None = None,
+) -> tuple[float | None, str | None]:
+    """The decision threshold and where it came from: ``threshold`` (``--threshold``), else
+    the first pair set of a test run's ``metrics`` file, else ``stored`` with the model (the
+    validation threshold, or what ``stored_source`` says: an ONNX export records its own)."""
+    if threshold is not None:
+        return float(threshold), "--threshold"
+    if metrics is not None:
+        return threshold_from_metrics(metrics), f"metrics: {Path(metrics).name}"
+    if stored is not None:
+        return float(stored), stored_source or "checkpoint (validation)"
+    return None, None
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_provenance(path: str | Path) -> dict[str, str]:
+    """``checkpoint`` (the file's name, never the server's full path) and its SHA-256."""
+    return {"checkpoint": Path(path).name, "checkpoint_sha256": file_digest(path)}
 
 
 def threshold_from_metrics(path: str | Path) -> float:

@@ -1,0 +1,53 @@
+"""``xcos export``: an xcos checkpoint as an ONNX model for onnxruntime (``xcos serve --onnx``,
+``Verifier.from_onnx``), checked against PyTorch before it is written."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+DESCRIPTION = (
+    "Export the backbone and the xCos head of a checkpoint to ONNX (dynamic batch): inputs "
+    "faces_a, faces_b [N, 3, S, S], outputs xcos, cos [N] and patch_cosine, attention, "
+    "difference [N, h, w]. The input size, face template, cell edges and decision threshold "
+    "are stored in the model. onnxruntime must reproduce PyTorch within 1e-4 on a few pairs, "
+    "else nothing is written."
+)
+
+
+def add_export_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export", help="export a checkpoint to ONNX for onnxruntime", description=DESCRIPTION
+    )
+    parser.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
+    parser.add_argument("--onnx", required=True, help="the ONNX file to write (e.g. model.onnx)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
+    parser.add_argument(
+        "--threshold", type=float, help="decision threshold on the xCos score to store"
+    )
+    parser.add_argument(
+        "--metrics", help="store the threshold of a test run's metrics.json instead"
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+
+
+def export_command(args: argparse.Namespace) -> int:
+    """Export, check and write; one summary line. Errors are ``XcosError`` (exit 2)."""
+    from xcos.explain.onnx import export_onnx
+    from xcos.explain.verifier import Verifier
+
+    start = time.perf_counter()
+    verifier = Verifier.from_checkpoint(args.pretrained, args.threshold, args.metrics, "cpu")
+    report = export_onnx(verifier, args.onnx, opset=args.opset)
+    threshold = report.metadata["threshold"]
+    stored = (
+        "no threshold (give one with --threshold when serving)"
+        if threshold is None
+        else f"threshold {threshold:.4f}"
+    )
+    print(
+        f"{report.path}: opset {report.opset}, {report.bytes / 2**20:.1f} MiB, {stored}, "
+        f"onnxruntime vs PyTorch max diff {report.worst:.2g} (<= 1e-4), "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    return 0
