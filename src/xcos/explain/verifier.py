@@ -31,7 +31,14 @@ from PIL import Image
 
 from xcos.config import ModelConfig, from_dict
 from xcos.data.images import DEFAULT_MAX_PIXELS, check_pixels, decode_rgb, read_rgb, to_image
-from xcos.errors import CheckpointError, ConfigError, DataError, UnalignedImageError, XcosError
+from xcos.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NoFaceError,
+    UnalignedImageError,
+    XcosError,
+)
 from xcos.evaluation.evaluator import compare_faces
 from xcos.explain.figures import LAYOUTS, most_different_cells
 from xcos.explain.regions import cell_regions
@@ -374,7 +381,13 @@ class Verifier:
         try:
             name = "" if isinstance(image, (str, Path)) else which
             return self._get_aligner().align(source, name).face
-        except XcosError as err:  # NoFaceError, image too small, ...
+        except NoFaceError as err:  # the aligner's hint (no_face='center_crop') is for packs
+            shown = str(image) if isinstance(image, (str, Path)) else which
+            raise NoFaceError(
+                f"{which}: no face found in {shown!r}; give a photo in which a face is clearly "
+                f"visible, or a face already aligned to {size}x{size}"
+            ) from err
+        except XcosError as err:  # an image too small, ...
             raise _named(err, which) from err
 
     def _to_rgb(self, image: ImageLike, which: str) -> np.ndarray:
