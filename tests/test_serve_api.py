@@ -23,7 +23,7 @@ from PIL import Image
 from tests.helpers.bombs import grey_png
 from xcos import Verifier
 from xcos.cli import main
-from xcos.explain.verifier import file_digest
+from xcos.io_utils import file_sha256
 from xcos.serve import create_app
 
 THRESHOLD = 0.3
@@ -109,7 +109,7 @@ def test_health_and_model(serve, tiny_checkpoint):
     info = client.get("/api/v1/model").json()
     assert info["backbone"] and info["grid"] == [4, 4] and info["input_size"] == 64
     assert info["threshold"] == THRESHOLD and info["threshold_source"] == "--threshold"
-    assert info["checkpoint_sha256"] == file_digest(tiny_checkpoint)
+    assert info["checkpoint_sha256"] == file_sha256(tiny_checkpoint)
     assert (info["max_batch"], info["max_wait_ms"], info["max_upload_mb"]) == (8, 2, 10)
     assert info["max_pixels"] == 40_000_000
 

@@ -13,7 +13,6 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from xcos.cli_report import add_report_parser, decision_arguments, report_comman
 from xcos.cli_serve import add_serve_parser, serve_command
 from xcos.config import Config, ConfigError, config_diff, load_config, merge_layers
 from xcos.errors import XcosError
+from xcos.version import package_version
 
 log = logging.getLogger("xcos")
 
@@ -80,16 +80,6 @@ def run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run directory (default: saved/<name>/<timestamp>/)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-
-
-def package_version() -> str:
-    """The installed distribution's version, else ``xcos.__version__`` (a source checkout)."""
-    try:
-        return metadata.version("xcos")
-    except metadata.PackageNotFoundError:
-        import xcos
-
-        return getattr(xcos, "__version__", "unknown")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

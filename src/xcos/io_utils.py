@@ -1,4 +1,5 @@
-"""The one way xcos writes files and folders atomically, and reads a folder's manifest.json.
+"""The one way xcos writes files and folders atomically, reads a folder's manifest.json, and
+digests a file.
 
 A crash at any point leaves either the previous file (or folder) or the new one, never a
 partial one: the data go to a hidden temporary sibling (same folder, so the same filesystem),
@@ -9,6 +10,7 @@ that models, importers and data code need not import the training engine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -25,6 +27,7 @@ __all__ = [
     "atomic_save",
     "atomic_save_json",
     "atomic_write",
+    "file_sha256",
     "fsync_file",
     "move_into_place",
     "read_manifest",
@@ -145,3 +148,12 @@ def read_manifest(path: str | Path, missing: str, corrupt: str) -> Any:
         raise DataError(f"{path}: corrupt JSON ({err}); {corrupt}") from None
     except OSError as err:
         raise DataError(f"{path}: cannot be read: {err.strerror or err}") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -47,7 +47,13 @@ import torch
 from PIL import Image, ImageOps
 
 from xcos.data.image_folder import DataError
-from xcos.data.images import DEFAULT_MAX_PIXELS, BadImageError, check_pixels, open_image
+from xcos.data.images import (
+    DEFAULT_MAX_PIXELS,
+    BadImageError,
+    array_to_rgb,
+    check_pixels,
+    open_image,
+)
 from xcos.errors import NoFaceError, SetupError
 
 __all__ = [
@@ -301,7 +307,7 @@ def load_bounded_rgb(
             raise BadImageError(f"cannot decode image {name!r}: {err}") from err
     elif isinstance(source, np.ndarray):
         name = name or "<array>"
-        rgb = _array_to_rgb(source, name)
+        rgb = array_to_rgb(source, name)
         source_size = (rgb.shape[1], rgb.shape[0])
         check_pixels(source_size, name, pixel_limit)
         if rgb.shape[0] * rgb.shape[1] > max_pixels:
@@ -317,21 +323,6 @@ def load_bounded_rgb(
     work_h, work_w = rgb.shape[:2]
     to_source = _scale_matrix(source_size[0] / work_w, source_size[1] / work_h)
     return LoadedImage(rgb=rgb, name=name, source_size=source_size, to_source=to_source)
-
-
-def _array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
-    if array.dtype != np.uint8:
-        raise DataError(f"{name}: expected a uint8 image array, got dtype {array.dtype}")
-    if array.ndim == 2:
-        array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise DataError(
-            f"{name}: expected an array [H, W], [H, W, 1], [H, W, 3] (RGB) or [H, W, 4] (RGBA), "
-            f"got shape {array.shape}"
-        )
-    if array.shape[2] == 1:
-        array = np.repeat(array, 3, axis=2)
-    return np.ascontiguousarray(array[:, :, :3])
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Defined in xcos.errors, re-exported here where they were first defined.
 from xcos.data.limits import DEFAULT_MAX_PIXELS, check_pixels
-from xcos.errors import (  # noqa: F401
+from xcos.errors import (
     BadImageError,
     DataError,
     ImageTooLargeError,
@@ -41,17 +41,30 @@ def unaligned_message(path: str | Path, found: tuple[int, int], size: int, fix: 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file as ``read_rgb`` decodes it (EXIF rotation applied),
-    read from its header only."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            if image.getexif().get(_ORIENTATION_TAG, 1) in _TRANSPOSED:
-                return height, width
-            return width, height
-    except FileNotFoundError:
-        raise BadImageError(f"image {str(path)!r}: no such file") from None
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        raise BadImageError(f"cannot decode image {str(path)!r}: {err}") from err
+    from its header (PIL decodes a PNG to look for EXIF after its pixel data)."""
+    with open_image(path, str(path), max_pixels=None) as image:
+        width, height = image.size
+        if image.getexif().get(_ORIENTATION_TAG, 1) in _TRANSPOSED:
+            return height, width
+        return width, height
+
+
+def array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
+    """A uint8 array [H, W], [H, W, 1], [H, W, 3] (taken as RGB) or [H, W, 4] (RGBA, alpha
+    dropped) as RGB uint8 [H, W, 3]; any other dtype or shape raises ``DataError`` naming
+    ``name``."""
+    if array.dtype != np.uint8:
+        raise DataError(f"{name}: expected a uint8 image array, got dtype {array.dtype}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise DataError(
+            f"{name}: expected an array [H, W], [H, W, 1], [H, W, 3] (RGB) or [H, W, 4] (RGBA), "
+            f"got shape {array.shape}"
+        )
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array[:, :, :3])
 
 
 def read_face(path: str | Path, size: int, fix: str = "") -> np.ndarray:

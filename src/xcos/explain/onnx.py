@@ -22,7 +22,6 @@ import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from xcos.data.images import to_tensor
 from xcos.errors import CheckpointError, CheckpointNotFoundError, ConfigError, SetupError
 from xcos.evaluation.evaluator import compare_images
 from xcos.explain.verifier import MAP_KEYS, SCORE_KEYS, Verifier
 from xcos.io_utils import atomic_write
 from xcos.models.geometry import grid_edges
 from xcos.models.xcos_model import XCosModel
+from xcos.version import package_version
 
 INPUT_NAMES = ("faces_a", "faces_b")
 OUTPUT_NAMES = SCORE_KEYS + MAP_KEYS
@@ -197,19 +196,10 @@ def _model_and_metadata(
         "opset": opset,
         "inputs": list(INPUT_NAMES),
         "outputs": list(OUTPUT_NAMES),
-        "xcos_version": _xcos_version(),
+        "xcos_version": package_version(),
         "torch_version": torch.__version__,
     }
     return model, meta
-
-
-def _xcos_version() -> str:
-    try:
-        return metadata.version("xcos")
-    except metadata.PackageNotFoundError:
-        import xcos
-
-        return getattr(xcos, "__version__", "unknown")
 
 
 def _trace(module: PairComparison, opset: int) -> Any:
@@ -245,14 +235,27 @@ def _trace(module: PairComparison, opset: int) -> Any:
 
 
 def _check_inputs(faces: Sequence[np.ndarray] | None, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``faces_a``, ``faces_b`` [N, 3, S, S] float32: the caller's faces normalised as
-    ``to_tensor`` does, else 3 pairs of seeded random faces in the normalised range."""
+    """``faces_a``, ``faces_b`` [N, 3, S, S] float32: the caller's faces normalised as the
+    scorer does it, else 3 pairs of seeded random faces in the normalised range."""
     if faces:
-        batch = torch.stack([to_tensor(face) for face in faces]).numpy()
-    else:
-        generator = torch.Generator().manual_seed(0)
-        batch = (torch.rand(6, 3, size, size, generator=generator) * 2 - 1).numpy()
+        return normalised_pairs(faces, size)
+    generator = torch.Generator().manual_seed(0)
+    batch = (torch.rand(6, 3, size, size, generator=generator) * 2 - 1).numpy()
     return np.ascontiguousarray(batch[0::2]), np.ascontiguousarray(batch[1::2])
+
+
+def normalised_pairs(faces: Sequence[np.ndarray], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """RGB uint8 faces [S, S, 3] given as A, B, A, B, ... -> ``faces_a``, ``faces_b``
+    [N, 3, S, S] float32, normalised as ``xcos.data.images.to_tensor`` does it,
+    (x / 255 - 0.5) / 0.5, in numpy: onnxruntime needs no torch tensor."""
+    batch = np.stack([np.asarray(face, dtype=np.uint8) for face in faces])
+    if batch.shape[1:] != (size, size, 3) or len(batch) % 2:
+        raise ValueError(
+            f"expected pairs of {size}x{size} RGB faces, got an array of {batch.shape}"
+        )
+    normalised = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5)
+    normalised -= np.float32(1.0)
+    return np.ascontiguousarray(normalised[0::2]), np.ascontiguousarray(normalised[1::2])
 
 
 def compare_runtimes(
@@ -374,19 +377,7 @@ class OnnxScorer:
     def compare(self, faces: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """RGB uint8 faces [S, S, 3] given as A, B, A, B, ... -> ``SCORE_KEYS`` [N] and
         ``MAP_KEYS`` [N, h, w] float32 arrays, in one run of the graph."""
-        batch = np.stack([np.asarray(face, dtype=np.uint8) for face in faces])
-        size = self.input_size
-        if batch.shape[1:] != (size, size, 3) or len(batch) % 2:
-            raise ValueError(
-                f"expected pairs of {size}x{size} RGB faces, got an array of {batch.shape}"
-            )
-        # to_tensor's normalisation, in float32 as it does it: (x / 255 - 0.5) / 0.5
-        normalised = batch.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(127.5)
-        normalised -= np.float32(1.0)
-        feeds = {
-            INPUT_NAMES[0]: np.ascontiguousarray(normalised[0::2]),
-            INPUT_NAMES[1]: np.ascontiguousarray(normalised[1::2]),
-        }
+        feeds = dict(zip(INPUT_NAMES, normalised_pairs(faces, self.input_size), strict=True))
         outputs = self.session.run(list(OUTPUT_NAMES), feeds)
         return {
             name: np.asarray(out, np.float32)

@@ -16,7 +16,6 @@ Images above ``max_pixels`` (40 MP) are refused from their header, before they a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -30,7 +29,14 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from xcos.config import ModelConfig, from_dict
-from xcos.data.images import DEFAULT_MAX_PIXELS, check_pixels, decode_rgb, read_rgb, to_image
+from xcos.data.images import (
+    DEFAULT_MAX_PIXELS,
+    array_to_rgb,
+    check_pixels,
+    decode_rgb,
+    read_rgb,
+    to_image,
+)
 from xcos.errors import (
     CheckpointError,
     ConfigError,
@@ -42,6 +48,7 @@ from xcos.errors import (
 from xcos.evaluation.evaluator import compare_faces
 from xcos.explain.figures import LAYOUTS, most_different_cells
 from xcos.explain.regions import cell_regions
+from xcos.io_utils import file_sha256
 from xcos.models.geometry import grid_edges
 from xcos.models.loading import build_and_load
 from xcos.models.targets import read_checkpoint, state_dict_of
@@ -303,7 +310,7 @@ class Verifier:
             "threshold_source": source,
             **scorer.provenance,
             "onnx": Path(path).name,
-            "onnx_sha256": file_digest(path),
+            "onnx_sha256": file_sha256(path),
         }
         return cls(scorer, threshold, "cpu", align, max_pixels, provenance)
 
@@ -364,9 +371,8 @@ class Verifier:
         size = self.scorer.input_size
         if isinstance(image, torch.Tensor):
             return to_image(image[0] if image.ndim == 4 else image)
-        rgb = self._to_rgb(image, which)
-        aligned_already = rgb.shape[0] == rgb.shape[1] == size
-        if aligned_already and self.align != "always":
+        rgb = self._to_rgb(image, which)  # decoded once, within max_pixels
+        if rgb.shape[0] == rgb.shape[1] == size and self.align != "always":
             return rgb
         if self.align == "never":  # a resized photo is not an aligned face: refuse, never resize
             height, width = rgb.shape[:2]
@@ -375,14 +381,11 @@ class Verifier:
                 f"{size}x{size} faces only; align it (align='auto', or `xcos explain "
                 "--align auto`)"
             )
-        # A path goes to the aligner as is, so that its errors name the file; JPEG bytes and
-        # files are reduced while decoding.
-        source = image if isinstance(image, (str, Path, bytes)) else rgb
+        # A file's errors name the file; anything else is named ``which``.
+        shown = str(image) if isinstance(image, (str, Path)) else which
         try:
-            name = "" if isinstance(image, (str, Path)) else which
-            return self._get_aligner().align(source, name).face
+            return self._get_aligner().align(rgb, shown).face
         except NoFaceError as err:  # the aligner's hint (no_face='center_crop') is for packs
-            shown = str(image) if isinstance(image, (str, Path)) else which
             raise NoFaceError(
                 f"{which}: no face found in {shown!r}; give a photo in which a face is clearly "
                 f"visible, or a face already aligned to {size}x{size}"
@@ -397,7 +400,12 @@ class Verifier:
                 return read_rgb(image, self.max_pixels)
             if isinstance(image, bytes):
                 return decode_rgb(image, which, self.max_pixels)
-            return _array_to_rgb(image, which, self.max_pixels)
+            if isinstance(image, Image.Image):
+                check_pixels(image.size, which, self.max_pixels)
+                return np.asarray(image.convert("RGB"))
+            rgb = array_to_rgb(np.asarray(image), which)
+            check_pixels((rgb.shape[1], rgb.shape[0]), which, self.max_pixels)
+            return rgb
         except XcosError as err:  # ImageTooLargeError, BadImageError: missing or undecodable
             raise _named(err, which) from err
 
@@ -421,21 +429,6 @@ def _named(err: XcosError, which: str) -> XcosError:
     return type(err)(message if named else f"{which}: {message}")
 
 
-def _array_to_rgb(
-    image: Image.Image | np.ndarray, which: str, max_pixels: int | None
-) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        check_pixels(image.size, which, max_pixels)
-        return np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.dtype != np.uint8:
-        raise ValueError(f"{which}: expected a uint8 image array, got {array.dtype}")
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    check_pixels((array.shape[1], array.shape[0]), which, max_pixels)
-    return np.ascontiguousarray(array[..., :3])
-
-
 def choose_threshold(
     threshold: float | None,
     metrics: str | Path | None,
@@ -454,18 +447,9 @@ def choose_threshold(
     return None, None
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_provenance(path: str | Path) -> dict[str, str]:
     """``checkpoint`` (the file's name, never the server's full path) and its SHA-256."""
-    return {"checkpoint": Path(path).name, "checkpoint_sha256": file_digest(path)}
+    return {"checkpoint": Path(path).name, "checkpoint_sha256": file_sha256(path)}
 
 
 def threshold_from_metrics(path: str | Path) -> float:

@@ -16,7 +16,6 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -41,6 +40,7 @@ from xcos.explain.verifier import Verifier
 from xcos.serve.batcher import MicroBatcher
 from xcos.serve.render import explanation_body
 from xcos.serve.uploads import IMAGE_FIELDS, MB, read_images
+from xcos.version import package_version
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def create_app(
     # package itself, not from a CDN, so the API docs work offline like the page.
     app = FastAPIOffline(
         title="xcos",
-        version=_version(),
+        version=package_version(),
         description="Explainable face verification with xCos: is it the same person, and "
         "which parts of the two faces decided it.",
         lifespan=lifespan,
@@ -298,10 +298,3 @@ class CatchAll:
             log.exception("internal error on %s %s", scope["method"], scope["path"])
             if not started:  # else the response is half sent: nothing more to say
                 await JSONResponse({"error": "internal error"}, 500)(scope, receive, send)
-
-
-def _version() -> str:
-    try:
-        return metadata.version("xcos")
-    except metadata.PackageNotFoundError:
-        return "unknown"

@@ -21,7 +21,6 @@ zero-padding the smaller one at the end of the channels, rows and columns; the p
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from torch import nn
 
 from xcos.cache import cache_root
 from xcos.errors import ConfigError
+from xcos.io_utils import file_sha256
 from xcos.models.dlib_format import (
     DLIB_MEANS,
     EMBEDDING_DIM,
@@ -262,14 +262,6 @@ class DlibResNet(nn.Module):
         return f"level={self.level}, out_channels={self.out_channels}, grid_size={self.grid_size}"
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def convert_dlib_weights(dat: str | Path, out: str | Path) -> Path:
     """Write the .dat's parameters as a plain :class:`DlibResNet` state dict (atomically).
 
@@ -287,7 +279,7 @@ def cached_dlib_weights(dat: str | Path | None = None) -> Path:
     first use as ``$XCOS_CACHE/dlib/<first 16 hex digits of the .dat's sha256>.pth``."""
     dat = Path(dat) if dat is not None else find_dlib_weights()
     cache = cache_root()
-    out = cache / "dlib" / f"{_file_digest(dat)[:16]}.pth"
+    out = cache / "dlib" / f"{file_sha256(dat)[:16]}.pth"
     if not out.is_file():
         convert_dlib_weights(dat, out)
     return out
