@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import DEMO_CONFIG, REPO
+from tests.conftest import DEMO_CONFIG, REPO, require_module
 
 BENCH = REPO / "bench"
 SECTION_TITLES = (
@@ -185,3 +185,36 @@ def test_a_failing_section_is_reported_and_the_next_one_runs(bench, capsys):
     out = capsys.readouterr().out
     assert sections.failed == ["broken"]
     assert "== broken ==" in out and "no compiler" in out and "still running" in out
+
+
+def test_onnx_vs_torch_prints_both_runtimes_and_their_ratio(tiny_checkpoint):
+    require_module("onnxruntime")
+    script = BENCH / "onnx_vs_torch.py"
+    argv = [sys.executable, str(script), "-p", str(tiny_checkpoint), "--batch", "1", "3"]
+    out = subprocess.run([*argv, "--rounds", "1"], capture_output=True, text=True, check=True)
+    rows = re.findall(
+        r"^ir_se 64px\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+([\d.e+-]+)$",
+        out.stdout,
+        re.MULTILINE,
+    )
+    assert [int(row[0]) for row in rows] == [1, 3], out.stdout
+    for _, torch_rate, ort_rate, ratio, max_diff in rows:
+        assert float(ratio) == pytest.approx(float(ort_rate) / float(torch_rate), rel=0.02)
+        assert float(max_diff) <= 1e-4
+
+
+def test_serve_load_compares_batching_on_and_off_on_loopback_only(tiny_checkpoint, tiny_synth):
+    script = BENCH / "serve_load.py"
+    refused = subprocess.run(
+        [sys.executable, str(script), "-p", str(tiny_checkpoint), "--host", "0.0.0.0"],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and "loopback" in refused.stderr
+    argv = [sys.executable, str(script), "-p", str(tiny_checkpoint), "--faces"]
+    argv += [str(tiny_synth / "val"), "--clients", "4", "--requests", "8", "--rounds", "1"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=180).stdout
+    for variant in ("batching on", "batching off"):
+        row = re.search(rf"^{variant}\s+(\d+)\s+[\d.]+\s+\d+\s+\d+\s+(\d+)$", out, re.MULTILINE)
+        assert row and int(row.group(1)) == 8 and int(row.group(2)) == 0, out  # none failed
+    assert re.search(r"requests/s, batching on / off: [\d.]+x", out), out

@@ -206,3 +206,33 @@ def test_missing_onnxruntime_says_how_to_install(tmp_path, monkeypatch):
 
     with pytest.raises(SetupError, match=r'pip install -e "\.\[onnx\]"'):
         OnnxScorer(tmp_path / "model.onnx")
+
+
+def test_serve_onnx_answers_like_pytorch(exported, tiny_synth, monkeypatch):
+    """`xcos serve --onnx`: the API on onnxruntime gives PyTorch's scores and maps."""
+    import io
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    verifier, path, _ = exported
+    runs = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: runs.append(app))
+    assert main(["serve", "--onnx", str(path), "--threshold", "0.3"]) == 0
+    a, b = synth_faces(tiny_synth, 2)
+    uploads = {}
+    for name, face in (("image_a", a), ("image_b", b)):
+        buffer = io.BytesIO()
+        Image.fromarray(face).save(buffer, format="PNG")
+        uploads[name] = (f"{name}.png", buffer.getvalue(), "image/png")
+    with TestClient(runs[0]) as client:
+        model = client.get("/api/v1/model").json()
+        body = client.post("/api/v1/verify", files=uploads).json()
+    assert model["runtime"].startswith("onnxruntime ") and model["onnx"] == path.name
+    expected = verifier.explain(a, b)
+    assert body["score"] == pytest.approx(expected.score, abs=TOLERANCE)
+    assert body["cos"] == pytest.approx(expected.cos, abs=TOLERANCE)
+    assert body["threshold"] == 0.3 and body["same"] == (expected.score > 0.3)
+    for name in MAPS:
+        assert np.abs(np.array(body[name]) - getattr(expected, name)).max() <= TOLERANCE, name
