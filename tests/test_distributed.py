@@ -145,7 +145,7 @@ def _turns_worker(rank: int, port: int, log: str) -> None:
             with open(log, "a") as handle:
                 handle.write(f"{rank}\n")
     finally:
-        shutdown_distributed()
+        shutdown_distributed(wait=sys.exc_info()[0] is None)
 
 
 def test_main_first_runs_rank_0_then_each_nodes_first_process_then_the_rest(tmp_path):
@@ -182,7 +182,7 @@ def _sharded_scores_worker(rank: int, port: int, synth: str, out: str) -> None:
                 Path(out) / "sharded.pt",
             )
     finally:
-        shutdown_distributed()
+        shutdown_distributed(wait=sys.exc_info()[0] is None)
 
 
 def test_sharded_validation_scores_every_pair_once(tiny_synth, tmp_path):
@@ -220,7 +220,7 @@ def _loss_worker(rank: int, port: int, synth: str, out: str) -> None:
         if dist.is_main:
             torch.save({"losses": torch.tensor(losses), "weights": copies}, Path(out) / "two.pt")
     finally:
-        shutdown_distributed()
+        shutdown_distributed(wait=sys.exc_info()[0] is None)
 
 
 def _flat(model: torch.nn.Module) -> torch.Tensor:

@@ -332,7 +332,7 @@ def run_command(args: argparse.Namespace) -> int:
             return protocol_command(args, config, run_dir, device)
         return test_command(args, config, run_dir, device)
     finally:
-        shutdown_distributed()
+        shutdown_distributed(wait=sys.exc_info()[0] is None)  # an error: leave at once
 
 
 def choose_run_dir(args: argparse.Namespace, config: Config) -> Path:

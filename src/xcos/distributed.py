@@ -147,6 +147,13 @@ def process_device(device_name: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(wait: bool = False) -> None:
+    """Leave the process group. ``wait`` (a process that finished its work): first meet the
+    others at a barrier, so that rank 0, which hosts the rendezvous store, never leaves while
+    another process still talks to it; gloo aborts such a process at exit ("terminate called
+    without an active exception", SIGABRT). A process leaving on an error does not wait: the
+    others may never reach the barrier."""
     if torch_dist.is_available() and torch_dist.is_initialized():
+        if wait:
+            torch_dist.barrier()
         torch_dist.destroy_process_group()
