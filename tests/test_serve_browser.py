@@ -27,6 +27,7 @@ REGION_NAMES = {
     "mouth": "mouth",
 }
 IMAGES = ("face-a", "face-b", "figure-paper", "figure-overlay")
+LATE_S = 1.5  # s: how late the "late API" answers its GET requests, as on a cold, slow machine
 
 
 def faces(tiny_synth) -> list[Path]:
@@ -64,18 +65,34 @@ def serve(app) -> Iterator[str]:
         assert not thread.is_alive(), "the server did not stop"
 
 
-@pytest.fixture(scope="module")
-def url(verifier) -> Iterator[str]:
+def late_gets(app, delay_s: float):
+    """``app`` whose GET answers under /api/ (health, model) come ``delay_s`` late: the page
+    fills in the key box, the button and the footer from them, so a test that reads the page
+    before they answer fails here every time instead of only on a cold machine."""
+    import asyncio
+
+    async def late(scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "GET" and "/api/" in scope["path"]:
+            await asyncio.sleep(delay_s)
+        await app(scope, receive, send)
+
+    return late
+
+
+@pytest.fixture(scope="module", params=["prompt", "late"])
+def url(request, verifier) -> Iterator[str]:
     from xcos.serve import create_app
 
-    yield from serve(create_app(verifier, max_batch=4, max_wait_ms=5))
+    app = create_app(verifier, max_batch=4, max_wait_ms=5)
+    yield from serve(late_gets(app, LATE_S) if request.param == "late" else app)
 
 
-@pytest.fixture(scope="module")
-def keyed_url(verifier) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["prompt", "late"])
+def keyed_url(request, verifier) -> Iterator[str]:
     from xcos.serve import create_app
 
-    yield from serve(create_app(verifier, api_key="s3cret"))
+    app = create_app(verifier, api_key="s3cret")
+    yield from serve(late_gets(app, LATE_S) if request.param == "late" else app)
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +112,16 @@ def artifacts(tmp_path) -> Path:
 
 def open_page(driver, url: str, width: int) -> None:
     """Load the page in a ``width`` px wide viewport (a phone's, touch and viewport meta
-    included, below 500 px) and drop the console entries of earlier pages."""
+    included, below 500 px), wait until it has heard from the server's health request (it
+    marks ``<body data-ready="1">``; the key box and the button depend on the answer), and
+    drop the console entries of earlier pages."""
     driver.execute_cdp_cmd(
         "Emulation.setDeviceMetricsOverride",
         {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": width < 500},
     )
     driver.get(url)
     driver.get_log("browser")
-    wait(driver, "document.readyState === 'complete'")
+    wait(driver, "document.body && document.body.dataset.ready === '1'")
 
 
 def wait(driver, script: str, timeout: float = 20):
@@ -132,7 +151,8 @@ def click_verify(driver) -> None:
     element(driver, "verify").click()
     wait(
         driver,
-        "!document.getElementById('result').hidden || !document.getElementById('error').hidden",
+        "document.getElementById('verify').dataset.busy !== '1' && "
+        "(!document.getElementById('result').hidden || !document.getElementById('error').hidden)",
     )
 
 

@@ -249,6 +249,7 @@
       authRequired = Boolean(health.auth_required);
     } catch (error) {
       showError(`The server does not answer: ${error.message}`);
+      markReady();
       return;
     }
     $("auth").hidden = !authRequired;
@@ -258,6 +259,14 @@
       loadModel();
     }
     updateButton();
+    markReady();
+  }
+
+  /** Say on <body data-ready="1"> that the page knows what the server asks for (whether a key
+   * is needed): until the health request answers, the key box and the button are not final,
+   * so whoever drives the page (a test, an assistive tool) waits for this. */
+  function markReady() {
+    document.body.dataset.ready = "1";
   }
 
   document.addEventListener("DOMContentLoaded", start);
