@@ -8,6 +8,11 @@ Games with a known answer and curves that move the score, on one model:
 - pointing game (``--one-region``, SynthFaces one-region pairs), with the same rule;
 - deletion / insertion (``--pairs``): B's cells replaced by a donor's (another person), in the
   map's order;
+- self-swap game (``--pairs --self-swap``): face B against B with one region swapped (the
+  only difference between the two images); hit = the map's most different cell is in the region;
+- agreement with the recognizer (``--pairs --agreement N``): Spearman correlation of each map
+  with the measured effect of each cell on the recognizer's cosine, on N same-person and N
+  different-person pairs;
 - attention response (``--pairs``): covered cells of face B lose attention;
 - cost: backbone images and backward passes per pair, and milliseconds per pair on this CPU.
 
@@ -45,13 +50,16 @@ from xcos.explain.baselines import (
     xcos_target,
 )
 from xcos.explain.decomposition import decompose, supports_decomposition
+from xcos.explain.effects import cell_effects
 from xcos.explain.faithfulness import (
     GameResult,
     OneRegionPair,
     attention_drops,
     deletion_insertion,
+    effect_agreement,
     favourite_cell_share,
     play_pointing_game,
+    play_self_swap_game,
     play_swap_game,
 )
 from xcos.explain.regions import region_masks
@@ -105,6 +113,13 @@ def pixel_difference(model, face_a, face_b) -> np.ndarray:
     return np.array([[float(change[y0:y1, x0:x1].mean()) for x0, x1 in spans] for y0, y1 in spans])
 
 
+def recognizer_occlusion(model, face_a, face_b) -> np.ndarray:
+    """Grid occlusion of the recognizer's own cosine: how much it rises when B's cell is
+    replaced by A's (``xcos.explain.effects``; what ``data.effects`` distils into the head)."""
+    spans = pixel_spans(grid_edges(model.backbone, face_a.shape[-1]))
+    return cell_effects(model.backbone, face_a, face_b, spans)[0][0]
+
+
 def constant_map(model, face_a, face_b) -> np.ndarray:
     """A control that ignores the pair: the same flat map every time. It has no most
     different cell, so every game must score it 0, and its favourite cell is every pair's."""
@@ -127,6 +142,8 @@ def build_methods(model) -> dict[str, Method]:
     methods = {name: explainer_method(name, e) for name, e in explainers.items()}
     if supports_decomposition(model):
         methods["decomposition"] = Method("decomposition", decomposition_method)
+    if model.backbone.embedding_dim:
+        methods["recognizer_occlusion"] = Method("recognizer_occlusion", recognizer_occlusion)
     methods["pixel_difference"] = Method("pixel_difference", pixel_difference)
     methods["constant"] = Method("constant", constant_map)
     return methods
@@ -214,6 +231,31 @@ def occluder_cells(grid: int, count: int, seed: int = 1) -> list[np.ndarray]:
     return blocks
 
 
+def different_pairs(pair_set, count: int, size: int):
+    """(A, B) faces [1, 3, S, S] of the first ``count`` different-person pairs."""
+    different = np.flatnonzero(pair_set.labels == 0)[:count]
+    return [
+        tuple(to_tensor(pair_set.image(int(j), size))[None] for j in pair_set.pairs[index])
+        for index in different
+    ]
+
+
+def print_agreement(agreement: dict[str, list[float]], same: int) -> None:
+    """Mean Spearman agreement of each method with the measured effects: all pairs, the
+    same-person ones (the first ``same``) and the different-person ones."""
+    print(
+        f"\nagreement with the recognizer (Spearman with measured cell effects), {same} "
+        f"same-person + {len(next(iter(agreement.values()))) - same} different-person pairs"
+    )
+    print(f"{'method':<22}{'all':>8}{'same':>8}{'different':>11}{'median':>8}")
+    for name, values in agreement.items():
+        values = np.asarray(values)
+        print(
+            f"{name:<22}{values.mean():>8.3f}{values[:same].mean():>8.3f}"
+            f"{values[same:].mean():>11.3f}{np.median(values):>8.3f}"
+        )
+
+
 def print_swap_cases(game) -> None:
     """Why swaps hit or miss: how much each swap lowered the scores, and per method how often
     the unmodified pair's most different cell was already in the region (no hit possible) and
@@ -295,6 +337,28 @@ def run(args: argparse.Namespace) -> None:
         print_swap_cases(game)
         if args.curve_count:
             print_curves(model, triples[: args.curve_count], methods, spans)
+        if args.self_swap:
+            self_game = play_self_swap_game(
+                model,
+                [(b, donor) for _, b, donor in triples],
+                masks,
+                spans,
+                methods,
+                score_fn(model),
+            )
+            title = f"self-swap game: {len(triples)} faces of {pair_set.name}, B against B swapped"
+            print_game(title, self_game.results, self_game.chance)
+            print(
+                f"{'favourite cell':<20}"
+                + "".join(
+                    f"{name} {favourite_cell_share(cells) * 100:.1f}%  "
+                    for name, cells in self_game.swapped_cells.items()
+                )
+            )
+        if args.agreement:
+            same = [(a, b) for a, b, _ in triples[: args.agreement]]
+            pairs = same + different_pairs(pair_set, args.agreement, size)
+            print_agreement(effect_agreement(model, pairs, spans, methods), len(same))
         share = attention_response(model, triples, spans)
         print(
             f"\nattention response: covered cells lose attention in {share * 100:.1f}% of "
@@ -314,6 +378,16 @@ def main() -> None:
     parser.add_argument("--swap-count", type=int, help="pairs of the swap game (default --count)")
     parser.add_argument("--curve-count", type=int, default=50, help="pairs for the curves")
     parser.add_argument("--methods", nargs="*", help="only these methods")
+    parser.add_argument(
+        "--self-swap", action="store_true", help="also play the self-swap game (B against B)"
+    )
+    parser.add_argument(
+        "--agreement",
+        type=int,
+        default=0,
+        help="Spearman agreement with the recognizer's measured cell effects on this many "
+        "same-person and as many different-person pairs",
+    )
     parser.add_argument(
         "--equal-cells",
         action="store_true",

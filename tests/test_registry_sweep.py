@@ -180,6 +180,10 @@ LOSS_INPUTS: dict[str, Callable[[], tuple[dict, dict]]] = {
             "label": torch.ones(4),
         },
     ),
+    "effect_ranking": lambda: (
+        {"difference": torch.rand(4, 3, 3)},
+        {"effect": torch.randn(4, 3, 3), "effect_valid": torch.ones(4)},
+    ),
     "covered_attention": lambda: (
         {"perturbed_attention": torch.rand(4, 3, 3), "attention": torch.rand(4, 3, 3)},
         {"perturb_box": torch.tensor([[0.0, 0.0, 0.5, 0.5]] * 4), "perturb_cover": torch.ones(4)},

@@ -96,6 +96,36 @@ class PerturbSettings:
             raise ConfigError(f"data.perturb.variants: expected >= 1, got {self.variants}")
 
 
+@dataclass(frozen=True)
+class EffectSettings:
+    """``data.effects``: training pairs whose per-cell effects on the recognizer's cosine are
+    measured once, offline (``xcos.engine.effect_targets``), for the ``effect_ranking`` loss.
+
+    Args:
+        pairs: natural pairs of training identities (drawn as the training pairs are).
+        swaps: self-swap pairs: a face against itself with a random rectangle or blob of
+            another training identity's face pasted in (never a facial region: those are the
+            yardsticks' test).
+        side: smallest and largest side of the pasted shape, as fractions of the face side.
+        seed: seed of the pairs, donors and shapes.
+    """
+
+    pairs: int = 2000
+    swaps: int = 2000
+    side: tuple[float, float] = (0.1, 0.3)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        low, high = self.side
+        if self.pairs < 0 or self.swaps < 0 or self.pairs + self.swaps == 0:
+            raise ConfigError(
+                f"data.effects: expected pairs, swaps >= 0, not both 0; got {self.pairs}, "
+                f"{self.swaps}"
+            )
+        if not 0.0 < low <= high < 1.0:
+            raise ConfigError(f"data.effects.side: expected 0 < low <= high < 1, got {self.side}")
+
+
 @dataclass
 class DataConfig:
     train: Annotated[dict, Component("DATASETS")] | None = None
@@ -107,6 +137,7 @@ class DataConfig:
     cache_features: bool = True
     synthetic: Annotated[dict, Component("GENERATORS")] | None = None
     perturb: PerturbSettings | None = None  # B* for faithful-explanation training
+    effects: EffectSettings | None = None  # pairs with measured cell effects (distillation)
 
 
 @dataclass

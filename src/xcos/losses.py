@@ -168,11 +168,45 @@ class Pointing(LossTerm):
     def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         from xcos.data.perturb import box_coverage
 
-        difference = prediction.float().clamp_min(0.0).flatten(1)
-        share = difference / difference.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        coverage = box_coverage(target.float(), *prediction.shape[1:]).flatten(1)
-        wanted = coverage / coverage.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        return -(wanted * torch.log(share + 1e-6)).sum(dim=1).mean()
+        return share_cross_entropy(prediction, box_coverage(target.float(), *prediction.shape[1:]))
+
+
+def share_cross_entropy(difference: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the shares of a difference map [B, h, w] over its cells against the
+    shares of non-negative weights ``wanted`` [B, h, w] (listwise, as ListNet): lowest when the
+    map spreads its mass as the weights do. Rows whose weights are all 0 are left out."""
+    difference = difference.float().clamp_min(0.0).flatten(1)
+    share = difference / difference.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    wanted = wanted.float().flatten(1)
+    total = wanted.sum(dim=1, keepdim=True)
+    rows = total[:, 0] > 0
+    if not bool(rows.any()):
+        return share.sum() * 0.0  # keeps the graph; nothing to learn here
+    wanted = wanted[rows] / total[rows]
+    return -(wanted * torch.log(share[rows] + 1e-6)).sum(dim=1).mean()
+
+
+@LOSSES.register("effect_ranking")
+class EffectRanking(LossTerm):
+    """The difference map should point where the recognizer's score really responds: its
+    shares over the cells (``difference`` [B, h, w], attention x (1 - patch cosine)) against
+    the shares of the measured cell effects (``effect`` [B, h, w], ``data.effects``: how much
+    the recognizer's cosine rises when B's cell is replaced by A's; negative effects count
+    as 0), on the pairs with measured effects (``where``). Distils occlusion into the one
+    forward pass of the head."""
+
+    def __init__(
+        self,
+        output: str = "difference",
+        target: str = "effect",
+        weight: float = 1.0,
+        name: str | None = "effect_ranking",
+        where: str | list[str] | None = "effect_valid",
+    ) -> None:
+        super().__init__(output, target, weight, name, where)
+
+    def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return share_cross_entropy(prediction, target.float().clamp_min(0.0))
 
 
 @LOSSES.register("covered_attention")

@@ -102,23 +102,62 @@ class LFWPeoplePairs(IdentityPairs):
             raise DataError(f"{people}: pairs need at least 2 people, the chosen sets hold 1")
         super().__init__([count for _, count in persons], same_probability, flip, seed)
         self.identity_names = [name for name, _ in persons]
-        root = images_folder(Path(people), images)
-        paths = [
-            lfw_image_path(root, name, number)
-            for name, count in persons
-            for number in range(1, count + 1)
-        ]
-        missing = [str(p) for p in paths if not p.is_file()]
-        if missing:
-            raise DataError(
-                f"{people}: {len(missing)} listed image(s) missing under {root}, first: "
-                f"{missing[0]}"
-            )
-        self.store = LFWFaceStore(root, align, "data.train.align")
-        self.store_index = self.store.indices(paths, people)
+        self.people = people
+        self.root = images_folder(Path(people), images)
+        self.store = LFWFaceStore(self.root, align, "data.train.align")
+        self.store_index = self.store.indices(image_paths(people, self.root, persons), people)
 
     def face(self, index: int) -> np.ndarray:
         return self.store.face(int(self.store_index[index]))
+
+    def everyone(self) -> StorePairs:
+        """Pairs over every person of this data set's people file (all its sets), on the same
+        face store: measured training pairs (``data.effects``) are drawn from these once for
+        every fold of the protocol, each fold keeping those of its own people."""
+        persons = people_of_sets(self.people)
+        paths = image_paths(self.people, self.root, persons)
+        return StorePairs(
+            [count for _, count in persons],
+            self.same_probability,
+            self.flip,
+            self.seed,
+            self.store,
+            self.store.indices(paths, self.people),
+        )
+
+
+class StorePairs(IdentityPairs):
+    """Pairs (see ``IdentityPairs``) over faces of an ``LFWFaceStore`` at ``store_index``."""
+
+    def __init__(
+        self,
+        counts: list[int],
+        same_probability: float,
+        flip: bool,
+        seed: int,
+        store: LFWFaceStore,
+        store_index: np.ndarray,
+    ) -> None:
+        super().__init__(counts, same_probability, flip, seed)
+        self.store, self.store_index = store, store_index
+
+    def face(self, index: int) -> np.ndarray:
+        return self.store.face(int(self.store_index[index]))
+
+
+def image_paths(people: str, root: Path, persons: list[tuple[str, int]]) -> list[Path]:
+    """The image paths of ``persons`` under ``root``; an error names the first one missing."""
+    paths = [
+        lfw_image_path(root, name, number)
+        for name, count in persons
+        for number in range(1, count + 1)
+    ]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"{people}: {len(missing)} listed image(s) missing under {root}, first: {missing[0]}"
+        )
+    return paths
 
 
 def images_folder(people: Path, images: str | None) -> Path:

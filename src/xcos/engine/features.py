@@ -135,7 +135,8 @@ class CachedFeaturePairs(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def _outputs(self, index: int, flipped: bool, side: str) -> dict[str, torch.Tensor]:
+    def face_outputs(self, index: int, flipped: bool, side: str) -> dict[str, torch.Tensor]:
+        """The cached outputs of face ``index`` (mirrored or not) as ``<key>_<side>``."""
         suffix = "_flipped" if flipped else ""
         if self.store_index is not None:  # the outputs cover a store the data set indexes
             index = int(self.store_index[index])
@@ -148,7 +149,7 @@ class CachedFeaturePairs(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         perturbed = self._perturbed_outputs if self.perturbed is not None else None
-        return self.pairs.pair_item(key, self._outputs, perturbed)
+        return self.pairs.pair_item(key, self.face_outputs, perturbed)
 
 
 def perturbed_outputs(

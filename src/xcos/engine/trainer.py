@@ -17,6 +17,7 @@ from xcos.data.image_folder import IdentityPairs
 from xcos.data.pair_sets import load_pair_set
 from xcos.distributed import Distributed
 from xcos.engine.checkpoint import load_checkpoint, save_checkpoint
+from xcos.engine.effect_targets import with_effect_targets
 from xcos.engine.features import cached_backbone_outputs, with_cached_features
 from xcos.engine.loading import EpochSampler, build_train_loader
 from xcos.engine.optim import build_optimizers, build_schedulers
@@ -90,11 +91,20 @@ class Trainer:
                 f"model.target {config.model.target.get('type')!r} reads them; set "
                 "data.cache_features to false (or use the 'self' target)"
             )
+        if config.data.effects is not None and not cache:
+            raise ConfigError(
+                "data.effects: the measured pairs carry cached backbone outputs; set "
+                "model.freeze_backbone and data.cache_features to true"
+            )
         if cache:
             with self.dist.main_first():  # rank 0 first: keyed faces are cached on disk for all
                 self.dataset = with_cached_features(
                     self.model, self.dataset, device, config.validation.batch_size
                 )
+                if config.data.effects is not None:
+                    self.dataset = with_effect_targets(
+                        self.model, self.dataset, config.data.effects, device
+                    )
         self.losses = [LOSSES.build(c, f"losses.{i}") for i, c in enumerate(config.losses)]
         self.optimizers = build_optimizers(config.optimizers, self.model.parameter_groups())
         self.schedulers = build_schedulers(config.schedulers, self.optimizers)

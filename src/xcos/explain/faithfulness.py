@@ -23,6 +23,11 @@ makes the two faces more different (``PairExplanation.difference``).
 - **Favourite cell**: the share of unmodified pairs whose most different cell is the method's
   most common one. A map that is the same for every pair scores 100%, so a high share warns
   that the map describes the model, not the pair.
+- **Self-swap game**: face B against B with one region swapped (the swap game's regions and
+  donors), so that the region is the only difference between the two images; the control is
+  B against itself. Same hit rule.
+- **Agreement with the recognizer**: the Spearman correlation between a map and the measured
+  effect of each cell on the recognizer's cosine (``xcos.explain.effects``), per pair.
 - **Attention response**: a block of one to two cells of face B is covered with flat grey;
   the pair "responds" when the attention on the covered cells drops.
 
@@ -121,6 +126,7 @@ class SwapGame:
     already_inside: dict[str, GameResult] = field(default_factory=dict)
     changed_most_inside: dict[str, GameResult] = field(default_factory=dict)
     original_cells: dict[str, list[int | None]] = field(default_factory=dict)
+    swapped_cells: dict[str, list[int | None]] = field(default_factory=dict)
 
 
 def in_cells(index: int | None, cells: np.ndarray) -> bool:
@@ -169,12 +175,62 @@ def play_swap_game(
             game.chance.setdefault(region, []).append(chance_of_moving_into(cells))
             for name, method in methods.items():
                 original, changed = originals[name], method(model, face_a, swapped)
+                game.swapped_cells.setdefault(name, []).append(most_different_cell(changed))
                 game.results[name].add(region, moved_into(original, changed, cells))
                 inside = in_cells(most_different_cell(original), cells)
                 game.already_inside[name].add(region, inside)
                 rise = in_cells(most_different_cell(changed - original), cells)
                 game.changed_most_inside[name].add(region, rise)
     return game
+
+
+def play_self_swap_game(
+    model: object,
+    faces: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    masks: dict[str, np.ndarray],
+    spans: Spans,
+    methods: dict[str, DifferenceMethod],
+    scores: Callable[[torch.Tensor, torch.Tensor], dict[str, float]],
+) -> SwapGame:
+    """The self-swap game: face B against B with one region swapped, so that the region is
+    the only difference between the two images; the control is B against itself (a map that
+    finds a difference there already, or ignores the pair, cannot hit). ``faces``: (face B,
+    donor) [1, 3, S, S] each. The swap game's rules and fields otherwise (read the favourite
+    cell of ``swapped_cells``: the unmodified pairs are identical)."""
+    pairs = [(face, face, donor) for face, donor in faces]
+    return play_swap_game(model, pairs, masks, spans, methods, scores)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps (ties share their mean rank); 0 when either map
+    is constant (it ranks nothing)."""
+    from scipy.stats import rankdata
+
+    ranks_a = rankdata(np.asarray(a, dtype=np.float64).ravel())
+    ranks_b = rankdata(np.asarray(b, dtype=np.float64).ravel())
+    if ranks_a.std() == 0 or ranks_b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+def effect_agreement(
+    model: object,
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    spans: Spans,
+    methods: dict[str, DifferenceMethod],
+) -> dict[str, list[float]]:
+    """Agreement with the recognizer: per method, the Spearman correlation of its difference
+    map with the measured cell effects on the recognizer's cosine (``xcos.explain.effects``:
+    B's cell replaced by A's), one value per pair (faces [1, 3, S, S]). ``model.backbone``
+    is the recognizer."""
+    from xcos.explain.effects import cell_effects
+
+    agreement: dict[str, list[float]] = {name: [] for name in methods}
+    for face_a, face_b in pairs:
+        effects = cell_effects(model.backbone, face_a, face_b, spans)[0][0]
+        for name, method in methods.items():
+            agreement[name].append(spearman(method(model, face_a, face_b), effects))
+    return agreement
 
 
 @dataclass

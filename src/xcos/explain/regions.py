@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from xcos.data.align import face_template
-from xcos.data.pasting import box_mask, paste
+from xcos.data.pasting import box_mask, ellipse_mask, paste
 from xcos.models.geometry import Spans, pixel_spans
 
 __all__ = [
@@ -45,16 +45,6 @@ _EYE_AXES = (0.36, 0.22)
 _NOSE_AXES = (0.26, 0.36)
 _MOUTH_AXES_Y = 0.25
 _MOUTH_MARGIN_X = 0.12  # beyond each mouth corner
-#: The smooth step runs from this fraction of the radius to its inverse (feathered edge).
-_FEATHER = 0.8
-
-
-def _ellipse(size: int, centre: np.ndarray, axes: tuple[float, float]) -> np.ndarray:
-    """[S, S] feathered ellipse mask: 1 inside, 0 outside, a smooth step across the edge."""
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float64)
-    radius = np.sqrt(((xs - centre[0]) / axes[0]) ** 2 + ((ys - centre[1]) / axes[1]) ** 2)
-    t = np.clip((1 / _FEATHER - radius) / (1 / _FEATHER - _FEATHER), 0.0, 1.0)
-    return t * t * (3 - 2 * t)
 
 
 def region_masks(template: str = "arcface", image_size: int | None = None) -> dict[str, np.ndarray]:
@@ -77,10 +67,10 @@ def region_masks(template: str = "arcface", image_size: int | None = None) -> di
         _MOUTH_AXES_Y * eyes,
     )
     return {
-        "left_eye": _ellipse(size, left_eye, eye_axes),
-        "right_eye": _ellipse(size, right_eye, eye_axes),
-        "nose": _ellipse(size, nose_centre, nose_axes),
-        "mouth": _ellipse(size, mouth_centre, mouth_axes),
+        "left_eye": ellipse_mask(size, left_eye, eye_axes),
+        "right_eye": ellipse_mask(size, right_eye, eye_axes),
+        "nose": ellipse_mask(size, nose_centre, nose_axes),
+        "mouth": ellipse_mask(size, mouth_centre, mouth_axes),
     }
 
 
