@@ -220,3 +220,40 @@ def test_cached_features_with_a_target_that_reads_images_is_refused(tiny_config,
     }
     with pytest.raises(ConfigError, match=r"data\.cache_features"):
         Trainer(tiny_config(layer), tmp_path / "run", CPU)
+
+
+def test_calibrated_xcos_is_the_recognizers_cosine_and_keeps_the_heads_maps(plugin_config):
+    import dataclasses
+
+    torch.manual_seed(3)
+    plain = build_model(plugin_config.model).eval()
+    calibrated = build_model(dataclasses.replace(plugin_config.model, calibrate=True)).eval()
+    calibrated.load_state_dict(plain.state_dict())
+    images = torch.randn(6, 3, 64, 64)
+    with torch.no_grad():
+        raw = plain.compare(*split_faces(plain.embed(images)))
+        out = calibrated.compare(*split_faces(calibrated.embed(images)))
+    assert torch.allclose(out["xcos"], out["cos"], atol=1e-5)  # the recognizer's own score
+    assert torch.allclose(out["head_xcos"], raw["xcos"])
+    assert torch.equal(out["attention"], raw["attention"])
+    shares = lambda d: d / d.sum(dim=(1, 2), keepdim=True)  # noqa: E731
+    assert torch.allclose(shares(out["difference"]), shares(raw["difference"]), atol=1e-5)
+    total = (out["attention"] * out["patch_cosine"]).sum(dim=(1, 2))
+    assert torch.allclose(total, out["xcos"], atol=1e-6)  # still xCos = sum(attention x cosine)
+
+
+def test_calibration_needs_the_recognizers_cosine_and_a_head_score_to_train(
+    tiny_config, plugin_config, tmp_path
+):
+    with pytest.raises(ConfigError, match=r"model\.calibrate"):
+        build_model(tiny_config({"model": {"calibrate": True}}).model, num_classes=8)
+    config = tiny_config(PLUGIN, {"model": {"calibrate": True}})  # mse still reads xcos
+    with pytest.raises(ConfigError, match="head_xcos"):
+        Trainer(config, tmp_path / "run", CPU)
+    head_loss = {"losses": [{"type": "mse", "output": "head_xcos", "target": "target_cos"}]}
+    monitor = {"validation": {"monitor": {"pair_set": "synth_val", "score": "head_xcos"}}}
+    config = tiny_config(PLUGIN, {"model": {"calibrate": True}}, head_loss, monitor)
+    metrics = Trainer(config, tmp_path / "ok", CPU).fit()
+    scores = metrics["synth_val"]
+    assert scores["xcos"]["accuracy"] == scores["cos"]["accuracy"]
+    assert "head_xcos" in scores

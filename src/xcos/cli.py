@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xcos.cli_args import max_pixels_argument
+from xcos.cli_args import BUILTIN_HELP, max_pixels_argument, model_verifier
 from xcos.cli_export import add_export_parser, export_command
 from xcos.cli_pack import add_pack_parser, pack_command
 from xcos.cli_recognizers import (
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 def explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image_a", help="first face: an image file")
     parser.add_argument("image_b", help="second face: an image file")
-    parser.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
+    parser.add_argument("-p", "--pretrained", help=BUILTIN_HELP)
     parser.add_argument("--out", help="write the explanation figure (PNG) here")
     parser.add_argument("--json", help="write the explanation's fields (JSON) here")
     parser.add_argument(
@@ -481,11 +481,7 @@ def prepare_command(args: argparse.Namespace) -> int:
 
 
 def explain_command(args: argparse.Namespace) -> int:
-    from xcos.explain.verifier import Verifier
-
-    verifier = Verifier.from_checkpoint(
-        args.pretrained, args.threshold, args.metrics, args.device, args.align, args.max_pixels
-    )
+    verifier = model_verifier(args, args.align)
     result = verifier.explain(args.image_a, args.image_b)
     verdict = "same person" if result.same else "different people"
     print(

@@ -20,7 +20,16 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
         "export", help="export a checkpoint to ONNX for onnxruntime", description=DESCRIPTION
     )
     parser.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
-    parser.add_argument("--onnx", required=True, help="the ONNX file to write (e.g. model.onnx)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--onnx", help="the ONNX file to write (e.g. model.onnx)")
+    target.add_argument(
+        "--builtin",
+        help="write a built-in model file instead (xcos.explain.builtin: the head, its config "
+        "and validation threshold, without the frozen recognizer's weights)",
+    )
+    parser.add_argument(
+        "--trained-on", help="with --builtin: what the head was trained on, in words (required)"
+    )
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default: 18)")
     parser.add_argument(
         "--threshold", type=float, help="decision threshold on the xCos score to store"
@@ -36,6 +45,8 @@ def export_command(args: argparse.Namespace) -> int:
     from xcos.explain.onnx import export_onnx
     from xcos.explain.verifier import Verifier
 
+    if args.builtin:
+        return builtin_command(args)
     start = time.perf_counter()
     verifier = Verifier.from_checkpoint(args.pretrained, args.threshold, args.metrics, "cpu")
     report = export_onnx(verifier, args.onnx, opset=args.opset)
@@ -50,4 +61,15 @@ def export_command(args: argparse.Namespace) -> int:
         f"onnxruntime vs PyTorch max diff {report.worst:.2g} (<= 1e-4), "
         f"{time.perf_counter() - start:.1f} s"
     )
+    return 0
+
+
+def builtin_command(args: argparse.Namespace) -> int:
+    from xcos.errors import ConfigError
+    from xcos.explain.builtin import write_builtin
+
+    if not args.trained_on:
+        raise ConfigError("--builtin needs --trained-on: what the head was trained on")
+    path = write_builtin(args.pretrained, args.builtin, args.trained_on)
+    print(f"{path}: built-in model, {path.stat().st_size / 2**10:.0f} KiB")
     return 0

@@ -7,7 +7,14 @@ import ipaddress
 import logging
 import os
 
-from xcos.cli_args import max_pixels_argument, non_negative_float, positive_float, positive_int
+from xcos.cli_args import (
+    BUILTIN_HELP,
+    max_pixels_argument,
+    model_verifier,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from xcos.errors import ConfigError
 
 API_KEY_ENV = "XCOS_API_KEY"
@@ -22,8 +29,8 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         "image_b), GET /api/v1/health, GET /api/v1/model, the page at / and the API docs at "
         "/docs. Binds to 127.0.0.1 unless told otherwise; another address needs an API key.",
     )
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("-p", "--pretrained", help="an xcos checkpoint")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("-p", "--pretrained", help=BUILTIN_HELP)
     model.add_argument("--onnx", help="a model exported by `xcos export --onnx` (onnxruntime)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument(
@@ -93,9 +100,7 @@ def serve_command(args: argparse.Namespace) -> int:
             args.onnx, args.threshold, args.metrics, max_pixels=args.max_pixels
         )
     else:
-        verifier = Verifier.from_checkpoint(
-            args.pretrained, args.threshold, args.metrics, args.device, max_pixels=args.max_pixels
-        )
+        verifier = model_verifier(args)
     app = create_app(
         verifier,
         max_batch=args.max_batch,

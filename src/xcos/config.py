@@ -151,6 +151,7 @@ class ModelConfig:
     pretrained: str | None = None
     freeze_backbone: bool = False
     cos: Literal["grid", "embedding"] = "grid"
+    calibrate: bool = False
 
 
 @dataclass

@@ -106,6 +106,11 @@ class Trainer:
                         self.model, self.dataset, config.data.effects, device
                     )
         self.losses = [LOSSES.build(c, f"losses.{i}") for i, c in enumerate(config.losses)]
+        if config.model.calibrate and any(loss.output == "xcos" for loss in self.losses):
+            raise ConfigError(
+                "losses: with model.calibrate, xcos is the recognizer's own cosine and teaches "
+                "the head nothing; train the head's own score, output 'head_xcos'"
+            )
         self.optimizers = build_optimizers(config.optimizers, self.model.parameter_groups())
         self.schedulers = build_schedulers(config.schedulers, self.optimizers)
         use_scaler = config.trainer.amp == "fp16"

