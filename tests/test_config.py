@@ -149,3 +149,21 @@ def test_changing_a_component_type_replaces_the_section():
 def test_every_shipped_config_is_valid(path):
     config = load_config(path)
     assert config.name and config.model.head["type"] == "xcos"
+
+
+def test_every_shipped_config_loads_and_the_dlib_diffs_give_what_they_say():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    for path in sorted(root.glob("*.json")):
+        load_config(str(path))
+    for path in sorted((root / "explain").glob("*.json")):
+        base = "xcos_dlib_lfw.json" if path.name.startswith("dlib_") else "demo_synthetic.json"
+        load_config(str(root / base), [str(path)])
+    dlib = load_config(str(root / "xcos_dlib_lfw.json"))
+    assert dlib.model.backbone["level"] == 2 and dlib.model.calibrate and dlib.data.effects
+    earlier = load_config(
+        str(root / "xcos_dlib_lfw.json"), [str(root / "explain/dlib_level1.json")]
+    )
+    assert earlier.model.backbone["level"] == 1 and not earlier.model.calibrate
+    assert earlier.data.effects is None and [loss["output"] for loss in earlier.losses] == ["xcos"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -193,20 +194,35 @@ class EffectRanking(LossTerm):
     the shares of the measured cell effects (``effect`` [B, h, w], ``data.effects``: how much
     the recognizer's cosine rises when B's cell is replaced by A's; negative effects count
     as 0), on the pairs with measured effects (``where``). Distils occlusion into the one
-    forward pass of the head."""
+    forward pass of the head.
+
+    ``wanted``: ``"positive"`` shares the positive effects (cells whose replacement lowers the
+    cosine get nothing); ``"softmax"`` ranks every cell, ``softmax(effect / (temperature x
+    the pair's effect spread))``, so that cells of negative effect are ordered too.
+    """
 
     def __init__(
         self,
         output: str = "difference",
         target: str = "effect",
         weight: float = 1.0,
+        wanted: Literal["positive", "softmax"] = "positive",
+        temperature: float = 1.0,
         name: str | None = "effect_ranking",
         where: str | list[str] | None = "effect_valid",
     ) -> None:
         super().__init__(output, target, weight, name, where)
+        if wanted not in ("positive", "softmax"):
+            raise ConfigError(f"effect_ranking.wanted: 'positive' or 'softmax', got {wanted!r}")
+        self.wanted, self.temperature = wanted, temperature
 
     def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return share_cross_entropy(prediction, target.float().clamp_min(0.0))
+        effect = target.float()
+        if self.wanted == "positive":
+            return share_cross_entropy(prediction, effect.clamp_min(0.0))
+        flat = effect.flatten(1)
+        spread = flat.std(dim=1, keepdim=True).clamp_min(1e-8) * self.temperature
+        return share_cross_entropy(prediction, torch.softmax(flat / spread, dim=1).view_as(effect))
 
 
 @LOSSES.register("covered_attention")
