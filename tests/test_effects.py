@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.test_faithfulness_games import xcos_difference
 from xcos.explain.effects import cell_effects, changed_cells
 from xcos.explain.faithfulness import (
     effect_agreement,
@@ -22,7 +23,7 @@ from xcos.models.backbones import PatchEncoder
 from xcos.models.backbones.dlib_resnet import DlibResNet
 from xcos.models.geometry import grid_edges, pixel_spans
 from xcos.models.xcos_head import XCosHead
-from xcos.models.xcos_model import XCosModel, split_faces
+from xcos.models.xcos_model import XCosModel
 
 SIZE, GRID = 64, 4
 
@@ -97,12 +98,6 @@ def local_model() -> XCosModel:
     backbone = PatchEncoder(grid=GRID, input_size=SIZE, width=0.25, out_channels=32)
     head = XCosHead(backbone.out_channels, grid_channels=32, attention="uniform")
     return XCosModel(backbone, head).eval()
-
-
-@torch.no_grad()
-def xcos_difference(model, face_a, face_b) -> np.ndarray:
-    out = model.compare(*split_faces(model.embed(torch.cat([face_a, face_b]))))
-    return out["difference"][0].numpy()
 
 
 def constant(model, face_a, face_b) -> np.ndarray:

@@ -30,7 +30,7 @@ from xcos.cache import cache_root
 from xcos.config import EffectSettings
 from xcos.data.image_folder import IdentityPairs, split_key
 from xcos.data.pasting import box_mask, ellipse_mask, paste
-from xcos.engine.features import CachedFeaturePairs, backbone_digest
+from xcos.engine.features import CachedFeaturePairs, WrappedPairs, backbone_digest
 from xcos.errors import ConfigError
 from xcos.explain.effects import cell_effects
 from xcos.models.geometry import grid_edges, pixel_spans
@@ -156,7 +156,7 @@ def measured_effects(
     return measured
 
 
-class EffectPairs(Dataset):
+class EffectPairs(WrappedPairs):
     """The random pairs of ``pairs`` (``effect_valid`` 0), then the measured pairs of
     ``effects`` (``measured_effects``): natural ones, then self-swaps. Keys as the wrapped
     data set's (``(epoch, index)`` or an index)."""
@@ -167,13 +167,6 @@ class EffectPairs(Dataset):
         self.swaps = len(effects["swap_face"])
         grid = effects["natural_effect"].shape[-1] or effects["swap_effect"].shape[-1]
         self.no_effect = torch.zeros(grid, grid)
-
-    @property
-    def num_classes(self) -> int:
-        return self.pairs.num_classes
-
-    def set_epoch(self, epoch: int) -> None:
-        self.pairs.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.pairs) + self.natural + self.swaps

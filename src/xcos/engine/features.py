@@ -106,7 +106,20 @@ def cached_backbone_outputs(
     return outputs
 
 
-class CachedFeaturePairs(Dataset):
+class WrappedPairs(Dataset):
+    """A data set serving the pairs of another (``pairs``): its identities and epochs."""
+
+    pairs: Dataset
+
+    @property
+    def num_classes(self) -> int:
+        return self.pairs.num_classes
+
+    def set_epoch(self, epoch: int) -> None:
+        self.pairs.set_epoch(epoch)
+
+
+class CachedFeaturePairs(WrappedPairs):
     """The pairs of an ``IdentityPairs`` data set, carrying the frozen backbone's cached
     outputs (``features_a/b``, ``embedding_a/b``) instead of images. Same sampling, same
     flips (a flipped face gets the outputs of its mirror image). With ``perturbed`` (the
@@ -124,13 +137,6 @@ class CachedFeaturePairs(Dataset):
         self.pairs, self.outputs, self.store_index = pairs, outputs, store_index
         self.perturbed = perturbed
         self.keys = [key for key in ("features", "embedding") if key in outputs]
-
-    @property
-    def num_classes(self) -> int:
-        return self.pairs.num_classes
-
-    def set_epoch(self, epoch: int) -> None:
-        self.pairs.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.pairs)
