@@ -84,3 +84,18 @@ def test_explain_two_lfw_photos_with_no_checkpoint(tmp_path, capsys):
         result = json.loads(out.read_text())
         assert result["same"] is same, (image, result["score"], result["threshold"])
         assert len(result["difference"]) == 8  # the level-2 grid
+
+
+def test_serve_without_a_checkpoint_serves_the_builtin_model(monkeypatch, capsys):
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    require_dlib_weights()
+    runs = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: runs.append(app))
+    assert main(["serve", "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    assert "model: built-in dlib" in printed.err and "serving built-in:dlib" in printed.out
+    model = TestClient(runs[0]).get("/api/v1/model").json()
+    assert model["backbone"] == "dlib_resnet" and model["grid"] == [8, 8]
+    assert model["threshold_source"] == "built-in model 'dlib' (validation)"
