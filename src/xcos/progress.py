@@ -1,0 +1,30 @@
+"""Progress of long steps: a bar on a terminal, and one summary line with the rate when done.
+
+The bar appears only when stderr is a terminal (tqdm's ``disable=None``), so logs and
+redirected output stay quiet; the summary goes to the ``logging`` logger of the caller, so a
+run's log says how long each step took and at what rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from tqdm import tqdm
+
+__all__ = ["progress"]
+
+
+@contextmanager
+def progress(total: int, description: str, unit: str, log: logging.Logger) -> Iterator[tqdm]:
+    """A bar of ``total`` ``unit``s; on a normal exit, logs ``"<description>: N units in T s
+    (R units/s)"`` at INFO level."""
+    start = time.perf_counter()
+    with tqdm(total=total, desc=description, unit=unit, disable=None, leave=False) as bar:
+        yield bar
+        done = bar.n
+    seconds = time.perf_counter() - start
+    rate = done / seconds if seconds > 0 else float("inf")
+    log.info("%s: %d %s in %.1f s (%.1f %s/s)", description, done, unit, seconds, rate, unit)
