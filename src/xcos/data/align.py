@@ -412,7 +412,7 @@ class FaceAligner:
         device: str = "cpu",
         max_pixels: int = 20_000_000,
         detect_size: int = 640,
-        min_face_size: int = 20,
+        min_face_size: float = 20,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         pyramid_factor: float = 0.709,
         batch_size: int = 32,

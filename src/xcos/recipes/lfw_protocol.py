@@ -218,6 +218,7 @@ def train_heads(
         if workers == 1:
             for key, job in jobs.items():
                 states[key] = train_head(job, key[1], str(device))
+                log.info("trained %s head of %s", key[1], key[0])
                 bar.update()
         else:
             threads = max(1, cores // workers)
@@ -231,6 +232,7 @@ def train_heads(
                 }
                 for future in as_completed(futures):
                     states[futures[future]] = future.result()
+                    log.info("trained %s head of %s", futures[future][1], futures[future][0])
                     bar.update()
     models: dict[tuple[Any, str], XCosModel] = {}
     built: dict[str, XCosModel] = {}  # building reads the recognizer's weights: once per head
