@@ -8,6 +8,7 @@ median round counts. The script prints images/s, the ratio to the first variant,
 and how many images' chosen-face landmarks lie within 1 px of the first variant's.
 
     python bench/align.py [--lfw ../shared/data/lfw] [--images 1500] [--rounds 2]
+    python bench/align.py --networks     # the R- and O-Net alone: NCHW, channels-last, ONNX
 
 Variants:
     facenet     facenet-pytorch's own cascade (``MTCNN.detect``), the smallest face 20 px,
@@ -106,18 +107,70 @@ def run_variant(variant: str, paths_file: str, folder: str) -> tuple[float, int,
     return float(result["seconds"]), usage.ru_maxrss * 1024, result["landmarks"]
 
 
+def network_works(network, side: int) -> dict:
+    """Ways to run ``network`` on 1,000 random crops: name -> function."""
+    import io
+
+    import torch
+
+    net = network().eval()
+    crops = torch.randn(1000, 3, side, side)
+    last = network().eval().to(memory_format=torch.channels_last)
+    crops_last = crops.contiguous(memory_format=torch.channels_last)
+    works = {"NCHW": lambda: net(crops), "channels-last": lambda: last(crops_last)}
+    try:
+        import onnxruntime
+    except ImportError:
+        return works
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        net, crops[:2], buffer, input_names=["x"], dynamic_axes={"x": {0: "n"}}, dynamo=False
+    )
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(buffer.getvalue(), options)
+    array = crops.numpy()
+    works["onnxruntime"] = lambda: session.run(None, {"x": array})
+    return works
+
+
+def network_rates(rounds: int) -> None:
+    """ms per 1,000 crops of the R- and O-Net, one thread: PyTorch NCHW (facenet-pytorch's
+    way), PyTorch channels-last (ours), onnxruntime."""
+    import torch
+    from facenet_pytorch.models.mtcnn import ONet, RNet
+
+    torch.set_num_threads(1)
+    for network, side in ((RNet, 24), (ONet, 48)):
+        works = network_works(network, side)
+        times = {name: [] for name in works}
+        with torch.inference_mode():
+            for round_ in range(rounds + 1):  # the first round warms up
+                for name in works if round_ % 2 else list(works)[::-1]:
+                    start = time.perf_counter()
+                    works[name]()
+                    if round_:
+                        times[name].append(time.perf_counter() - start)
+        line = ", ".join(f"{n} {statistics.median(t) * 1000:.0f} ms" for n, t in times.items())
+        print(f"{network.__name__} ({side} px), 1,000 crops, 1 thread: {line}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lfw", default=os.environ.get("XCOS_SHARED", "../shared") + "/data/lfw")
     parser.add_argument("--images", type=int, default=1500, help="LFW images, spread evenly")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--networks", action="store_true", help="time the R- and O-Net alone")
     parser.add_argument("--child", choices=list(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--paths", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args.child, args.paths, args.out)
+        return
+    if args.networks:
+        network_rates(max(args.rounds, 3))
         return
     everything = sorted((Path(args.lfw) / "images").glob("*/*.jpg"))
     if not everything:
