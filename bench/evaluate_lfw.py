@@ -83,6 +83,9 @@ def load_model(name: str | None, config_path: str | None):
 
 
 def accuracy(scores: np.ndarray, pack: PairSet) -> float:
+    """k-fold accuracy in %; NaN with a single fold (no other fold to set the threshold)."""
+    if len(np.unique(pack.folds)) < 2:
+        return float("nan")
     return 100 * kfold_accuracy(scores, pack.labels, pack.folds).accuracy
 
 
