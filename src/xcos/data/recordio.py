@@ -177,6 +177,11 @@ class RecordFile:
         """Image ``key`` decoded, RGB uint8 [H, W, 3]."""
         return decode_rgb(self.payload(key), self.where(key))
 
+    def keys_by_class(self) -> np.ndarray:
+        """The image keys grouped by class (classes ascending, keys ascending within one):
+        the order ``rec_pairs`` numbers images in and ``xcos pack`` stores them in."""
+        return self.keys[np.argsort(self.labels, kind="stable")]
+
     def where(self, key: int) -> str:
         """``<train.rec>: key K (record at byte O)``, for messages."""
         return f"{self.rec_path}: key {key} (record at byte {self.offset(key)})"
