@@ -10,6 +10,7 @@ its image decoders in favour of TorchCodec; ``decode_jpeg`` is still the batched
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -110,7 +111,7 @@ class RecPairs(IdentityPairs):
         }
 
     @property
-    def collate(self):
+    def collate(self) -> Callable[[list[dict]], dict] | None:
         """The DataLoader's ``collate_fn``: None (torch's default) unless faces stay encoded."""
         return collate_encoded if self.decode == "device" else None
 
