@@ -203,7 +203,7 @@ def prepare_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (detection)")
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="images aligned together (default: 32)"
+        "--batch-size", type=int, default=16, help="images aligned together (default: 16)"
     )
     max_pixels_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pack")
