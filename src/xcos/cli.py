@@ -205,6 +205,15 @@ def prepare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=16, help="images aligned together (default: 16)"
     )
+    parser.add_argument(
+        "--min-face-size",
+        type=float,
+        help="MTCNN's smallest face in pixels: the largest scale of its image pyramid (default: "
+        "20; with --pairs, LFW's 39.8, the default pyramid without its two largest scales)",
+    )
+    parser.add_argument(
+        "--workers", type=int, help="alignment threads (default: one per CPU core, at most 8)"
+    )
     max_pixels_argument(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pack")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -461,8 +470,10 @@ def prepare_command(args: argparse.Namespace) -> int:
     aligner = None
     if not isinstance(pair_set.images, np.ndarray):
         from xcos.data.align import FaceAligner
+        from xcos.data.pair_sets import LFW_MIN_FACE
 
         size = args.size or (150 if args.template == "dlib" else 112)
+        min_face = args.min_face_size or (LFW_MIN_FACE if args.pairs else 20)
         aligner = FaceAligner(
             image_size=size,
             template=args.template,
@@ -470,8 +481,11 @@ def prepare_command(args: argparse.Namespace) -> int:
             no_face=args.no_face,
             device=str(resolve_device(args.device)),
             pixel_limit=args.max_pixels,
+            min_face_size=min_face,
         )
-    out = prepare_pack(pair_set, args.out, aligner, [Path(source)], args.batch_size, args.overwrite)
+    out = prepare_pack(
+        pair_set, args.out, aligner, [Path(source)], args.batch_size, args.overwrite, args.workers
+    )
     fallbacks = aligner.stats.fallbacks if aligner is not None else 0
     print(
         f"{out}: {len(pair_set)} pairs, {len(pair_set.images)} distinct images, "

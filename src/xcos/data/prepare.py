@@ -129,6 +129,7 @@ def prepare_pack(
     sources: Sequence[Path] = (),
     batch_size: int = ALIGN_BATCH,
     overwrite: bool = False,
+    workers: int | None = None,
 ) -> Path:
     """Align (when the set holds paths) and write ``pair_set`` as the pack ``out``."""
     if isinstance(pair_set.images, np.ndarray):
@@ -137,7 +138,7 @@ def prepare_pack(
     else:
         if aligner is None:
             raise ValueError("prepare: images given as files need a face aligner")
-        faces = align_images(pair_set.images, aligner, batch_size)
+        faces = align_images(pair_set.images, aligner, batch_size, workers)
         stats = aligner.stats
         alignment = {
             "settings": aligner_settings(aligner),
