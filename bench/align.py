@@ -57,7 +57,11 @@ class FacenetDetector:
             if box is None:
                 found.append(Detections.empty())
             else:
-                found.append(Detections(np.asarray(box, float), np.asarray(score, float), points))
+                found.append(
+                    Detections(
+                        np.asarray(box, float), np.asarray(score, float), np.asarray(points, float)
+                    )
+                )
         return found
 
 
