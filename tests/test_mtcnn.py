@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from tests.conftest import require_shared
-from xcos.data.mtcnn import MTCNNDetector, area_crops, pyramid_scales
+from xcos.data.mtcnn import MTCNNDetector, area_crops, pyramid_scales, summed_area_tables
 
 
 def test_area_crops_equal_interpolate_area_crop_by_crop():
@@ -21,7 +21,7 @@ def test_area_crops_equal_interpolate_area_crop_by_crop():
     bottom = np.array([61, 17, 13, 60, 50])
     left = np.array([0, 2, 20, 0, 7])
     right = np.array([47, 40, 23, 9, 8])  # from 47 px wide down to 1 px, upsampled too
-    crops = area_crops(pixels, owners, (top, bottom, left, right), 24)
+    crops = area_crops(summed_area_tables(pixels), owners, (top, bottom, left, right), 24)
     for k in range(len(owners)):
         crop = pixels[owners[k], :, top[k] : bottom[k], left[k] : right[k]][None]
         expected = F.interpolate(crop, size=(24, 24), mode="area")[0]

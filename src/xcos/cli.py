@@ -209,7 +209,7 @@ def prepare_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-face-size",
         type=float,
         help="MTCNN's smallest face in pixels: the largest scale of its image pyramid (default: "
-        "20; with --pairs, LFW's 39.8, the default pyramid without its two largest scales)",
+        "20; with --pairs, LFW's 56.1, the default pyramid without its three largest scales)",
     )
     parser.add_argument(
         "--workers", type=int, help="alignment threads (default: one per CPU core, at most 8)"

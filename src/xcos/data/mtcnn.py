@@ -30,7 +30,7 @@ from torchvision.ops import batched_nms
 
 from xcos.errors import SetupError
 
-__all__ = ["Detections", "MTCNNDetector", "area_crops", "pyramid_scales"]
+__all__ = ["Detections", "MTCNNDetector", "area_crops", "pyramid_scales", "summed_area_tables"]
 
 
 class Detections:
@@ -135,12 +135,13 @@ class MTCNNDetector:
             )
         batch = torch.as_tensor(np.ascontiguousarray(images), device=self.device)
         pixels = batch.permute(0, 3, 1, 2).float()
+        tables = summed_area_tables(pixels)  # once: both crop stages read it
         found = self._propose(pixels)
         if len(found.boxes):
-            found = self._refine(pixels, found)
+            found = self._refine(tables, found)
         landmarks = torch.zeros(0, 5, 2)
         if len(found.boxes):
-            found, landmarks = self._output(pixels, found)
+            found, landmarks = self._output(tables, found)
         return self._per_image(found, landmarks, len(images))
 
     def _propose(self, pixels: torch.Tensor) -> _Candidates:
@@ -174,9 +175,9 @@ class MTCNNDetector:
         )
         return _Candidates(self._helpers.rerec(corrected), found.images)
 
-    def _refine(self, pixels: torch.Tensor, found: _Candidates) -> _Candidates:
+    def _refine(self, tables: torch.Tensor, found: _Candidates) -> _Candidates:
         """R-Net on 24 x 24 crops: threshold, NMS, box regression."""
-        found, crops = self._crops(pixels, found, 24)
+        found, crops = self._crops(tables, found, 24)
         regression, probs = self.rnet(crops)
         found, regression = self._passing(found, probs[:, 1], regression, self.thresholds[1])
         keep = batched_nms(found.boxes[:, :4], found.boxes[:, 4], found.images, 0.7)
@@ -184,9 +185,9 @@ class MTCNNDetector:
         boxes = self._helpers.bbreg(found.boxes, regression)
         return _Candidates(self._helpers.rerec(boxes), found.images)
 
-    def _output(self, pixels: torch.Tensor, found: _Candidates) -> tuple[_Candidates, torch.Tensor]:
+    def _output(self, tables: torch.Tensor, found: _Candidates) -> tuple[_Candidates, torch.Tensor]:
         """O-Net on 48 x 48 crops: threshold, landmarks, box regression, "Min" NMS."""
-        found, crops = self._crops(pixels, found, 48)
+        found, crops = self._crops(tables, found, 48)
         regression, points, probs = self.onet(crops)
         passing = probs[:, 1] > self.thresholds[2]
         points = points[passing]
@@ -213,16 +214,16 @@ class MTCNNDetector:
         return _Candidates(boxes, found.images[passing]), regression[passing]
 
     def _crops(
-        self, pixels: torch.Tensor, found: _Candidates, side: int
+        self, tables: torch.Tensor, found: _Candidates, side: int
     ) -> tuple[_Candidates, torch.Tensor]:
         """Each box's part inside the image, resized to ``side`` (area), normalised; boxes
-        wholly outside the image are dropped."""
-        height, width = pixels.shape[2:]
+        wholly outside the image are dropped. ``tables``: the images' summed-area tables."""
+        height, width = tables.shape[2] - 1, tables.shape[3] - 1
         y, y_end, x, x_end = self._helpers.pad(found.boxes, width, height)
         inside = np.flatnonzero((y_end > y - 1) & (x_end > x - 1))
-        found = found.take(torch.as_tensor(inside, dtype=torch.long, device=pixels.device))
+        found = found.take(torch.as_tensor(inside, dtype=torch.long, device=tables.device))
         y, y_end, x, x_end = y[inside], y_end[inside], x[inside], x_end[inside]
-        crops = area_crops(pixels, found.images, (y - 1, y_end, x - 1, x_end), side)
+        crops = area_crops(tables, found.images, (y - 1, y_end, x - 1, x_end), side)
         crops = ((crops - 127.5) * 0.0078125).contiguous(memory_format=torch.channels_last)
         return found, crops
 
@@ -241,8 +242,19 @@ class MTCNNDetector:
         return results
 
 
+def summed_area_tables(pixels: torch.Tensor) -> torch.Tensor:
+    """[B, C, H + 1, W + 1] float64: entry (y, x) sums ``pixels[..., :y, :x]``. Over pixels
+    that hold integers (0-255), float64 sums are exact."""
+    table = torch.zeros(
+        *pixels.shape[:2], pixels.shape[2] + 1, pixels.shape[3] + 1, dtype=torch.float64
+    )
+    torch.cumsum(pixels.contiguous().double(), 2, out=table[:, :, 1:, 1:])
+    table[:, :, 1:, 1:] = table[:, :, 1:, 1:].cumsum(3)
+    return table
+
+
 def area_crops(
-    pixels: torch.Tensor,
+    tables: torch.Tensor,
     owners: torch.Tensor,
     bounds: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     side: int,
@@ -251,24 +263,22 @@ def area_crops(
 
     Area resampling averages, for output cell ``i``, input rows ``floor(i * h / side)`` to
     ``ceil((i + 1) * h / side)`` (and the same for columns): PyTorch's adaptive average pooling.
-    Here each image's summed-area table answers every cell of every crop with four lookups;
-    in float64 over pixels that hold integers, the sums are exact.
+    Here the images' summed-area tables answer every cell of every crop with four lookups.
 
     Args:
-        pixels: [B, 3, H, W] images.
+        tables: [B, C, H + 1, W + 1] ``summed_area_tables`` of the images.
         owners: [N] the image of each crop.
         bounds: (top, bottom, left, right) [N] each, slice bounds (bottom/right excluded).
     """
     top, bottom, left, right = (torch.as_tensor(b, dtype=torch.long) for b in bounds)
     cells = torch.arange(side)
-    out = torch.empty(len(top), pixels.shape[1], side, side, device=pixels.device)
+    channels = tables.shape[1]
+    out = torch.empty(len(top), channels, side, side, device=tables.device)
     for image in torch.unique(owners).tolist():
         members = torch.nonzero(owners.cpu() == image).flatten()
-        table = F.pad(pixels[image].double().cumsum(1).cumsum(2), (1, 0, 1, 0))
         rows_0, rows_1 = _cell_edges(top[members], bottom[members], cells, side)
         cols_0, cols_1 = _cell_edges(left[members], right[members], cells, side)
-
-        total = _box_sums(table, rows_0, rows_1, cols_0, cols_1)
+        total = _box_sums(tables[image], rows_0, rows_1, cols_0, cols_1)
         count = (rows_1 - rows_0)[:, :, None] * (cols_1 - cols_0)[:, None, :]
         out[members.to(out.device)] = (total / count).permute(1, 0, 2, 3).float()
     return out
@@ -291,8 +301,8 @@ def _box_sums(
     cols_0: torch.Tensor,
     cols_1: torch.Tensor,
 ) -> torch.Tensor:
-    """Sums over rows [rows_0, rows_1) x cols [cols_0, cols_1) from a summed-area table
-    [C, H + 1, W + 1]; rows/cols [M, side] -> [C, M, side, side]."""
+    """Sums over rows [rows_0, rows_1) x cols [cols_0, cols_1) from one image's summed-area
+    table [C, H + 1, W + 1]; rows/cols [M, side] -> [C, M, side, side]."""
 
     def corner(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return table[:, rows[:, :, None], cols[:, None, :]]
