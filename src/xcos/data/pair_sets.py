@@ -279,13 +279,12 @@ LFW_ALIGNMENT = {"select": "central", "no_face": "center_crop"}
 def aligned_through_cache(
     pair_set: PairSet, align: bool | dict[str, Any], sources: list[Path], path: str
 ) -> PairSet:
-    """The pair set with every image aligned (MTCNN), from the pack cache when possible."""
-    from xcos.data.align import FaceAligner
+    """The pair set with every image aligned (MTCNN, or dlib with ``"aligner": "dlib"``),
+    from the pack cache when possible."""
+    from xcos.data.aligners import make_aligner
     from xcos.data.pack import read_pack
     from xcos.data.prepare import cached_pack
-    from xcos.registry import check_kwargs
 
     settings = dict(LFW_ALIGNMENT) if align is True else dict(align)
-    check_kwargs(FaceAligner, settings, path)
-    folder = cached_pack(pair_set, FaceAligner(**settings), sources)
+    folder = cached_pack(pair_set, make_aligner(settings, path), sources)
     return read_pack(str(folder), pair_set.name)
