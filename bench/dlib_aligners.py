@@ -148,18 +148,27 @@ def line(label: str, result: dict) -> str:
     )
 
 
-def cnn_rescue(model, pairs, record, descriptors) -> tuple[np.ndarray, list[str]]:
-    """Descriptors with the HOG misses aligned by dlib's CNN detector; the images it missed too."""
+def cnn_rescue(pairs: PairSet, record: dict) -> tuple[dict[int, np.ndarray], list[str]]:
+    """Chips [3, 150, 150] by image index of the HOG misses that dlib's CNN detector finds,
+    and the images it misses too."""
     aligner = make_aligner({**SETTINGS["dlib"], "detector": "cnn"}, "bench.cnn")
     index = {str(path): i for i, path in enumerate(pairs.images)}
-    rescued, missed = descriptors.copy(), []
+    chips, missed = {}, []
     for path in record["no_face"]:
         face = aligner.align(path)
         if face.fallback:
             missed.append(path)
         else:
-            rescued[index[path]] = embed(model, face.face.transpose(2, 0, 1)[None])[0]
-    return rescued, missed
+            chips[index[path]] = face.face.transpose(2, 0, 1)
+    return chips, missed
+
+
+def replaced(descriptors: np.ndarray, chips: dict[int, np.ndarray], describe) -> np.ndarray:
+    """``descriptors`` with those of ``chips`` (by image index) computed by ``describe``."""
+    out = descriptors.copy()
+    if chips:
+        out[list(chips)] = describe(np.stack(list(chips.values())))
+    return out
 
 
 def report(name: str, pairs: PairSet, record: dict, descriptors: np.ndarray) -> dict:
@@ -207,9 +216,10 @@ def main() -> None:
         descriptors[name] = embed(model, packs[name].images)
         results[name] = report(name, pairs, records[name], descriptors[name])
         results[name]["pack"] = str(folder)
-    misses = records["dlib"]["no_face"]
+    misses, chips = records["dlib"]["no_face"], {}
     if args.cnn_misses and misses:
-        rescued, missed = cnn_rescue(model, pairs, records["dlib"], descriptors["dlib"])
+        chips, missed = cnn_rescue(pairs, records["dlib"])
+        rescued = replaced(descriptors["dlib"], chips, lambda faces: embed(model, faces))
         results["dlib_cnn_on_misses"] = {"all": scores(rescued, pairs), "cnn_missed": missed}
         print(f"\n[dlib, its CNN detector on the {len(misses)} images HOG found no face in]")
         print(f"  the CNN detector found none either in {len(missed)}: {missed}")
@@ -220,6 +230,11 @@ def main() -> None:
         results["dlib_jittered"] = {"jitters": args.jitters, "all": scores(mean, pairs)}
         print(f"\n[dlib chips, {args.jitters} jitters each, {time.perf_counter() - start:.0f} s]")
         print(line(f"dlib, jitter x{args.jitters}", results["dlib_jittered"]["all"]))
+        if chips:
+            both = replaced(mean, chips, lambda faces: jittered(model, faces, args.jitters))
+            results["dlib_cnn_on_misses_jittered"] = {"all": scores(both, pairs)}
+            label = f"dlib, CNN on misses, jitter x{args.jitters}"
+            print(line(label, results["dlib_cnn_on_misses_jittered"]["all"]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 

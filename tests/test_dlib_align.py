@@ -62,7 +62,7 @@ def test_chips_equal_dlibs_own_get_face_chip(dlib, images, aligner, relative):
     # dlib's own JPEG decoder differs from Pillow's by a grey level here and there: the chip
     # it leads to differs as little
     theirs = example_chip(dlib, dlib.load_rgb_image(str(path))).astype(int)
-    assert np.abs(aligned.face.astype(int) - theirs).mean() < 1.5
+    assert np.abs(aligned.face.astype(int) - theirs).mean() < 2.0  # measured: 0.32, 1.28
 
 
 def test_matrix_maps_the_source_onto_the_chip(aligner, images):
