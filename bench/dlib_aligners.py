@@ -19,7 +19,8 @@ Diagnostics for the gap to dlib's published figures (99.38% with jitter, 99.13% 
 missed with dlib's CNN detector instead and rescores; ``--jitters J`` averages the port's
 descriptors over J ``dlib.jitter_image`` copies of each dlib chip (dlib's example uses 100).
 
-    python bench/dlib_aligners.py [--lfw data/lfw] [--threads 1] [--cnn-misses] [--jitters 10]
+    python bench/dlib_aligners.py [--lfw ../shared/data/lfw] [--threads 1] [--cnn-misses]
+        [--jitters 10]
         [--json out.json]
 """
 
@@ -193,7 +194,11 @@ def report(name: str, pairs: PairSet, record: dict, descriptors: np.ndarray) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lfw", default="data/lfw", help="LFW folder (pairs.txt, images/)")
+    parser.add_argument(
+        "--lfw",
+        default=str(Path(__file__).parents[1].parent / "shared/data/lfw"),
+        help="LFW folder with pairs.txt and images/ (default: ../shared/data/lfw)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--cnn-misses", action="store_true", help="CNN detector on HOG misses")
     parser.add_argument("--jitters", type=int, default=0, help="jittered copies per dlib chip")

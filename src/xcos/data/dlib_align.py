@@ -144,7 +144,6 @@ class DlibAligner:
             upscaled; None: on the decoded image itself); landmarks and chips always use
             the decoded image. Images at most this size are detected exactly as dlib's
             example does.
-        batch_size: images decoded together by ``align_batch`` (bounds memory).
         image_size, template: accepted so that settings written for ``FaceAligner``'s dlib
             template keep working; only dlib's chip (150, ``"dlib"``) is possible.
     """
@@ -159,7 +158,6 @@ class DlibAligner:
         max_pixels: int = 20_000_000,
         pixel_limit: int | None = DEFAULT_MAX_PIXELS,
         detect_size: int | None = 640,
-        batch_size: int = 32,
         image_size: int = CHIP_SIZE,
         template: str = "dlib",
     ) -> None:
@@ -170,8 +168,8 @@ class DlibAligner:
             raise ValueError(
                 f"center_crop_fraction: expected a value in (0, 1], got {center_crop_fraction}"
             )
-        if max_pixels < MIN_IMAGE_SIDE**2 or batch_size < 1:
-            raise ValueError("max_pixels and batch_size are too small")
+        if max_pixels < MIN_IMAGE_SIDE**2:
+            raise ValueError(f"max_pixels: expected at least {MIN_IMAGE_SIDE**2}, got {max_pixels}")
         if detect_size is not None and detect_size < MIN_IMAGE_SIDE:
             raise ValueError(f"detect_size: expected at least {MIN_IMAGE_SIDE}, got {detect_size}")
         self.dlib = import_dlib()
@@ -183,7 +181,6 @@ class DlibAligner:
         self.max_pixels = max_pixels
         self.pixel_limit = pixel_limit
         self.detect_size = detect_size
-        self.batch_size = batch_size
         self.image_size = CHIP_SIZE
         self.shape_predictor = self.dlib.shape_predictor(str(dlib_model_file(SHAPE_PREDICTOR)))
         if detector == "hog":
@@ -235,20 +232,18 @@ class DlibAligner:
     def align_batch(
         self, images: Sequence[ImageInput], names: Sequence[str] | None = None
     ) -> list[AlignedFace]:
-        """Align images, decoding ``batch_size`` at a time (dlib detects one image at a time)."""
+        """Align images one by one (dlib's detectors take one image at a time), so that one
+        decoded image is held at a time."""
         results: list[AlignedFace] = []
-        for start in range(0, len(images), self.batch_size):
-            chunk = images[start : start + self.batch_size]
-            for offset, image in enumerate(chunk):
-                index = start + offset
-                name = (
-                    names[index]
-                    if names
-                    else ""
-                    if isinstance(image, (str, Path))
-                    else f"image #{index} ({type(image).__name__})"
-                )
-                results.append(self._align_one(self.load(image, name)))
+        for index, image in enumerate(images):
+            name = (
+                names[index]
+                if names
+                else ""
+                if isinstance(image, (str, Path))
+                else f"image #{index} ({type(image).__name__})"
+            )
+            results.append(self._align_one(self.load(image, name)))
         return results
 
     def detect(self, rgb: np.ndarray) -> tuple[list[Any], np.ndarray]:
