@@ -24,7 +24,7 @@ from xcos.data.lfw_people import LFWFaceStore
 from xcos.engine.features import cached_backbone_outputs
 from xcos.evaluation.verification import held_out_accuracy
 from xcos.models.xcos_model import build_model
-from xcos.recipes.lfw_protocol import score_pairs, train_head
+from xcos.recipes.lfw_protocol import HeadJob, lfw_people, score_pairs, train_heads
 
 
 def main() -> None:
@@ -44,10 +44,18 @@ def main() -> None:
     pairs = store.indices(list(view2.images), "pairs.txt")[view2.pairs]
     print(f"overrides: {args.overrides or 'none'}")
     with tempfile.TemporaryDirectory() as scratch:
+        jobs = {
+            (fold, "xcos"): HeadJob(
+                config.raw,
+                lfw_people(lfw, "people.txt", exclude=fold),
+                {},
+                Path(scratch) / f"fold{fold}",
+            )
+            for fold in args.folds
+        }
+        heads = train_heads(jobs, config, cpu)
         for fold in args.folds:
-            people = {"people": str(lfw / "people.txt"), "sets": None, "exclude_sets": [fold]}
-            head = train_head(config, people, {}, Path(scratch) / f"fold{fold}", cpu)
-            scores = score_pairs(head, outputs, pairs, cpu, flip=False)
+            scores = score_pairs(heads[fold, "xcos"], outputs, pairs, cpu, flip=False)
             test = view2.folds == fold - 1
             xcos, _ = held_out_accuracy(scores["xcos"], view2.labels, test)
             cos, _ = held_out_accuracy(scores["cos"], view2.labels, test)

@@ -138,10 +138,11 @@ def test_warp_does_not_alias_when_shrinking_a_lot():
 # --------------------------------------------------------------------------------------------
 
 
-def test_detector_is_facenet_pytorch_mtcnn_with_its_shipped_weights():
+def test_detector_runs_facenet_pytorch_networks_with_their_shipped_weights():
     detector = MTCNNDetector()
-    assert type(detector.mtcnn).__module__.startswith("facenet_pytorch")
-    assert not detector.mtcnn.training
+    for net in (detector.pnet, detector.rnet, detector.onet):
+        assert type(net).__module__.startswith("facenet_pytorch")
+        assert not net.training
     flat = np.full((1, 120, 120, 3), 128, dtype=np.uint8)
     assert len(detector.detect(flat)[0]) == 0  # no face in a flat image, and no crash
 

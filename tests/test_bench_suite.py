@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import DEMO_CONFIG, REPO, require_module
+from tests.conftest import DEMO_CONFIG, REPO, require_module, require_shared
 
 BENCH = REPO / "bench"
 SECTION_TITLES = (
@@ -218,3 +218,22 @@ def test_serve_load_compares_batching_on_and_off_on_loopback_only(tiny_checkpoin
         row = re.search(rf"^{variant}\s+(\d+)\s+[\d.]+\s+\d+\s+\d+\s+(\d+)$", out, re.MULTILINE)
         assert row and int(row.group(1)) == 8 and int(row.group(2)) == 0, out  # none failed
     assert re.search(r"requests/s, batching on / off: [\d.]+x", out), out
+
+
+def test_align_bench_compares_detectors_on_the_same_lfw_images():
+    lfw = require_shared("data/lfw")
+    argv = [sys.executable, str(BENCH / "align.py"), "--lfw", str(lfw), "--images", "6"]
+    argv += ["--rounds", "1", "--variants", "facenet", "cascade"]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    rows = re.findall(
+        r"^(facenet|cascade)\s+([\d.]+)\s+([\d.]+)x\s+([\d.]+) GiB\s+([\d.]+)% of (\d+)",
+        out,
+        re.MULTILINE,
+    )
+    assert [row[0] for row in rows] == ["facenet", "cascade"], out
+    base = float(rows[0][1])
+    for _, rate, ratio, memory, within, count in rows:
+        assert float(ratio) == pytest.approx(float(rate) / base, abs=0.01)
+        assert 0.1 < float(memory) < 8 and int(count) == 6
+        # the reference against itself, and the same detector batched: the same landmarks
+        assert float(within) == 100.0

@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "xcos"
 LAYERS = [
     {"errors"},
     {"config_types", "registry", "io_utils", "weights_io", "runtime", "distributed", "cache"}
+    | {"progress"}
     | {"version"},
     {"config"},
     {"data", "models", "losses"},

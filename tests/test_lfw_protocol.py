@@ -189,3 +189,32 @@ def test_lfw_protocol_command_prints_the_table(tiny_synth, tmp_path, monkeypatch
     assert "xcos_uniform" in printed and "results.json" in printed
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["folds"] == [3] and "view1" not in results
+
+
+def test_heads_trained_side_by_side_equal_heads_trained_in_turn(
+    tiny_config, tiny_synth, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("XCOS_CACHE", str(tmp_path / "cache"))
+    lfw = fake_lfw(tmp_path / "lfw", tiny_synth)
+    config = tiny_config(PLUGIN)
+    jobs = {
+        (fold, name): lfw_protocol.HeadJob(
+            config.raw,
+            lfw_protocol.lfw_people(lfw, "people.txt", exclude=fold),
+            head,
+            tmp_path / f"{fold}",
+        )
+        for fold in (1, 2)
+        for name, head in lfw_protocol.VARIANTS.items()
+    }
+    in_turn = lfw_protocol.train_heads(jobs, config, CPU, workers=1)
+    side_by_side = lfw_protocol.train_heads(jobs, config, CPU, workers=2)
+    assert set(in_turn) == set(side_by_side) == set(jobs)
+    for key in jobs:
+        mine, theirs = in_turn[key].state_dict(), side_by_side[key].state_dict()
+        assert set(mine) == set(theirs)
+        for name in mine:  # seeded alike; only the thread count per process differs
+            torch.testing.assert_close(mine[name], theirs[name], rtol=1e-4, atol=1e-5)
+    # the two folds' heads differ (their training people differ), so the check can fail
+    first, second = in_turn[1, "xcos"].state_dict(), in_turn[2, "xcos"].state_dict()
+    assert any(not torch.equal(first[k], second[k]) for k in first if k.startswith("head."))

@@ -25,6 +25,8 @@ class Aligned:
 class CentreCropAligner:
     """Stands in for the MTCNN aligner where detection is not what is tested."""
 
+    thread_safe = True
+
     def __init__(self) -> None:
         self.stats = {"images": 0, "faces": 0, "fallbacks": 0}
 
@@ -114,3 +116,27 @@ def test_prepare_command_packs_an_insightface_bin(tmp_path, capsys):
     assert pack.image(3)[0, 0].tolist() == [30, 0, 0]
     assert "10 pairs, 20 distinct images" in capsys.readouterr().out
     assert main(["prepare", "--bin", str(tmp_path / "agedb.bin"), "--out", str(out)]) == 2
+
+
+def test_alignment_in_worker_threads_keeps_the_order(tmp_path, caplog):
+    from xcos.data.prepare import align_images
+
+    write_csv_set(tmp_path, count=10)
+    paths = [tmp_path / f"{k}.png" for k in range(10)]
+    expected = np.stack([shrunk(p).transpose(2, 0, 1) for p in paths])
+    with caplog.at_level("INFO", logger="xcos.data.prepare"):
+        threaded = align_images(paths, CentreCropAligner(), batch_size=3, workers=3)
+    np.testing.assert_array_equal(threaded, expected)
+    np.testing.assert_array_equal(align_images(paths, CentreCropAligner(), 3, workers=1), expected)
+    assert any(r.getMessage().startswith("align: 10 img in ") for r in caplog.records)
+
+
+def test_cached_faces_are_streamed_into_a_memory_mapped_entry(tmp_path):
+    from xcos.data.prepare import cached_faces
+
+    write_csv_set(tmp_path, count=7)
+    paths = [tmp_path / f"{k}.png" for k in range(7)]
+    faces, key = cached_faces(paths, CentreCropAligner(), tmp_path / "cache", batch_size=2)
+    assert isinstance(faces, np.memmap) and faces.shape == (7, 3, 16, 16)
+    np.testing.assert_array_equal(faces, np.stack([shrunk(p).transpose(2, 0, 1) for p in paths]))
+    assert sorted(p.name for p in (tmp_path / "cache" / "faces").iterdir()) == [f"{key}.npy"]

@@ -234,6 +234,22 @@ def run_shard_pairs(registry: Registry, name: str, tmp_path: Path) -> None:
     check_pairs_dataset(registry.build({"type": name, "root": str(out)}, "data.train"), 16)
 
 
+@case("DATASETS", "rec_pairs")
+def run_rec_pairs(registry: Registry, name: str, tmp_path: Path) -> None:
+    from tests.helpers.recordio_writer import insightface_records, write_rec
+
+    per_class = [[encoded(2 * c + k) for k in range(2)] for c in range(2)]
+    write_rec(tmp_path / "rec", insightface_records(per_class), "2,16,16")
+    check_pairs_dataset(registry.build({"type": name, "root": str(tmp_path / "rec")}, "x"), 16)
+
+
+def encoded(k: int, size: int = 16) -> bytes:
+    """``save_image``'s face ``k`` as JPEG bytes, in memory."""
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), colour(k)).save(out, "JPEG")
+    return out.getvalue()
+
+
 @case("DATASETS", "lfw_people_pairs")
 def run_lfw_people(registry: Registry, name: str, tmp_path: Path) -> None:
     root = lfw_folder(tmp_path / "lfw", size=32)

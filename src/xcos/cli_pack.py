@@ -1,4 +1,5 @@
-"""``xcos pack``: decode an identity image folder once into memory-mappable training shards."""
+"""``xcos pack``: decode an identity image folder or a RecordIO folder once into memory-mappable
+training shards."""
 
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import time
 def add_pack_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "pack",
-        help="pack an identity image folder into training shards",
-        description="Decode an identity image folder once into memory-mappable training "
-        "shards (read by data.train type shard_pairs).",
+        help="pack an image or RecordIO folder into training shards",
+        description="Decode an identity image folder, or an InsightFace RecordIO folder "
+        "(train.rec, train.idx, property), once into memory-mappable training shards (read by "
+        "data.train type shard_pairs).",
     )
-    parser.add_argument("--images", required=True, help="folder with one sub-folder per identity")
+    parser.add_argument(
+        "--images",
+        required=True,
+        help="folder with one sub-folder per identity, or a RecordIO folder (train.rec)",
+    )
     parser.add_argument("--out", required=True, help="the shards folder to write (<name>.shards)")
     parser.add_argument("--size", type=int, default=112, help="side of the stored faces")
     parser.add_argument("--shard-size", type=int, default=10000, help="most images per shard")

@@ -83,13 +83,25 @@ def add_protocol_parser(commands: argparse._SubParsersAction, run_arguments: Cal
         help="the folds to run (default: 1 to 10)",
     )
     parser.add_argument("--no-view1", action="store_true", help="skip the View 1 quick check")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="heads trained side by side in processes (default: one per CPU core on a CPU, "
+        "one on a GPU)",
+    )
 
 
 def protocol_command(args: argparse.Namespace, config, run_dir: Path, device) -> int:
     from xcos.recipes.lfw_protocol import format_results, run_lfw_protocol
 
     results = run_lfw_protocol(
-        config, args.lfw, run_dir, device, folds=args.folds, view1=not args.no_view1
+        config,
+        args.lfw,
+        run_dir,
+        device,
+        folds=args.folds,
+        view1=not args.no_view1,
+        workers=args.workers,
     )
     log.info("%s", format_results(results))
     log.info("results: %s", run_dir / "results.json")

@@ -167,7 +167,8 @@ TARGETS = Registry("target", ("xcos.models.targets",))
 LOSSES = Registry("loss", ("xcos.losses",))
 METRICS = Registry("metric", ("xcos.evaluation.verification", "xcos.evaluation.roc"))
 DATASETS = Registry(
-    "dataset", ("xcos.data.image_folder", "xcos.data.lfw_people", "xcos.data.shards")
+    "dataset",
+    ("xcos.data.image_folder", "xcos.data.lfw_people", "xcos.data.shards", "xcos.data.rec_pairs"),
 )
 PAIR_SETS = Registry(
     "pair set",

@@ -21,10 +21,10 @@ Pipeline, per image:
    ``no_face="center_crop"`` (opt-in, for pre-centred sets such as LFW's deep-funneled images)
    returns a centred square crop, flagged ``fallback=True`` and counted in ``stats``.
 
-Detection is ``facenet_pytorch.MTCNN`` with the weights shipped inside its wheel (MIT). The
-package is installed without its dependencies (its pins would downgrade torch, numpy and
-pillow); of those, only ``requests`` (imported by its ``__init__``) is needed, and it is a
-dependency of xcos. Nothing is downloaded at run time.
+Detection is MTCNN (``xcos.data.mtcnn``) with facenet-pytorch's weights, shipped inside its
+wheel (MIT). The package is installed without its dependencies (its pins would downgrade torch,
+numpy and pillow); of those, only ``requests`` (imported by its ``__init__``) is needed, and it
+is a dependency of xcos. Nothing is downloaded at run time.
 
 Coordinates: landmarks are in pixel-index coordinates (the centre of pixel (0, 0) is (0, 0)),
 as ``cv2.warpAffine`` uses them; boxes are ``[x1, y1, x2, y2]`` with the image spanning
@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import cv2
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from xcos.data.image_folder import DataError
@@ -54,7 +54,8 @@ from xcos.data.images import (
     check_pixels,
     open_image,
 )
-from xcos.errors import NoFaceError, SetupError
+from xcos.data.mtcnn import Detections, MTCNNDetector
+from xcos.errors import NoFaceError
 
 __all__ = [
     "ARCFACE_TEMPLATE",
@@ -330,87 +331,6 @@ def load_bounded_rgb(
 # --------------------------------------------------------------------------------------------
 
 
-class Detections:
-    """Faces found in one image, best score first.
-
-    ``boxes`` [N, 4] (x1, y1, x2, y2), ``scores`` [N], ``landmarks`` [N, 5, 2] (x, y).
-    """
-
-    def __init__(self, boxes: np.ndarray, scores: np.ndarray, landmarks: np.ndarray) -> None:
-        order = np.argsort(-scores, kind="stable")
-        self.boxes, self.scores, self.landmarks = boxes[order], scores[order], landmarks[order]
-
-    def __len__(self) -> int:
-        return len(self.scores)
-
-
-def _import_mtcnn() -> Any:
-    try:
-        from facenet_pytorch import MTCNN
-    except ImportError as err:
-        raise SetupError(
-            "face detection needs facenet-pytorch (MTCNN and its weights), installed WITHOUT its "
-            "dependencies, whose pins would downgrade torch/numpy/pillow: python -m pip install "
-            f"--no-deps 'facenet-pytorch>=2.5' (`make install` does this). Import failed: {err}"
-        ) from err
-    return MTCNN
-
-
-class MTCNNDetector:
-    """facenet-pytorch's MTCNN (Zhang et al. 2016; weights shipped in its wheel), every face
-    of every image with its five landmarks.
-
-    Args:
-        min_face_size: smallest face searched for, in pixels of the detected image.
-        thresholds: score thresholds of the P-, R- and O-Net stages.
-        pyramid_factor: ratio between successive scales of the image pyramid.
-        device: torch device of the networks.
-    """
-
-    def __init__(
-        self,
-        min_face_size: int = 20,
-        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
-        pyramid_factor: float = 0.709,
-        device: str = "cpu",
-    ) -> None:
-        if len(thresholds) != 3:
-            raise ValueError(f"thresholds: expected 3 values (P, R, O net), got {thresholds!r}")
-        if not 0 < pyramid_factor < 1:
-            raise ValueError(f"pyramid_factor: expected a value in (0, 1), got {pyramid_factor}")
-        if min_face_size < 12:
-            raise ValueError(f"min_face_size: expected at least 12 pixels, got {min_face_size}")
-        self.min_face_size = min_face_size
-        self.thresholds = tuple(float(t) for t in thresholds)
-        self.pyramid_factor = pyramid_factor
-        self.mtcnn = _import_mtcnn()(
-            min_face_size=min_face_size,
-            thresholds=list(self.thresholds),
-            factor=pyramid_factor,
-            keep_all=True,
-            device=torch.device(device),
-        ).eval()
-
-    @torch.inference_mode()
-    def detect(self, images: np.ndarray) -> list[Detections]:
-        """Faces in a batch of equal-size RGB uint8 images [B, H, W, 3] (or one [H, W, 3])."""
-        pixels = np.asarray(images)
-        if pixels.ndim == 3:
-            pixels = pixels[None]
-        if pixels.ndim != 4 or pixels.shape[-1] != 3:
-            raise ValueError(f"expected RGB images [B, H, W, 3], got shape {pixels.shape}")
-        boxes, scores, landmarks = self.mtcnn.detect(pixels, landmarks=True)
-        results = []
-        for b, s, lm in zip(boxes, scores, landmarks, strict=True):
-            if b is None:
-                results.append(Detections(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))))
-            else:
-                results.append(
-                    Detections(np.asarray(b, float), np.asarray(s, float), np.asarray(lm, float))
-                )
-        return results
-
-
 # --------------------------------------------------------------------------------------------
 # The aligner
 # --------------------------------------------------------------------------------------------
@@ -457,6 +377,8 @@ class AlignStats:
 class FaceAligner:
     """Detect the face of each image with MTCNN and align it onto the ArcFace template.
 
+    Thread-safe: ``align_batch`` may run in several threads at once (``data.prepare`` does).
+
     Args:
         image_size: side of the aligned square face (the template is scaled uniformly to it).
         template: ``"arcface"`` (the ArcFace 112 x 112 layout) or ``"dlib"`` (dlib's 150 x 150
@@ -492,7 +414,7 @@ class FaceAligner:
         device: str = "cpu",
         max_pixels: int = 20_000_000,
         detect_size: int = 640,
-        min_face_size: int = 20,
+        min_face_size: float = 20,
         thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
         pyramid_factor: float = 0.709,
         batch_size: int = 32,
@@ -522,6 +444,9 @@ class FaceAligner:
         self.template_name = template
         self.template = face_template(template, image_size)
         self.stats = AlignStats()
+        self._stats_lock = threading.Lock()  # align_batch may run in several threads at once
+
+    thread_safe = True
 
     def settings(self) -> dict:
         """JSON-friendly constructor settings (for provenance, e.g. a pack's manifest)."""
@@ -603,13 +528,17 @@ class FaceAligner:
         centres = (boxes[:, 0:2] + boxes[:, 2:4]) / 2
         return int(np.argmin(np.linalg.norm(centres - (width / 2, height / 2), axis=1)))
 
+    def _count(self, counter: str) -> None:
+        with self._stats_lock:
+            setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+
     def _align_one(
         self, item: LoadedImage, to_work: np.ndarray, found: Detections | None
     ) -> AlignedFace:
-        self.stats.images += 1
+        self._count("images")
         if found is None or not len(found):
             return self._no_face(item)
-        self.stats.faces += 1
+        self._count("faces")
         # detection copy -> working image (boxes: continuous coordinates, a pure scaling)
         work_scale = np.tile(np.diag(to_work[:, :2]), 2)
         boxes = found.boxes * work_scale
@@ -629,13 +558,13 @@ class FaceAligner:
 
     def _no_face(self, item: LoadedImage) -> AlignedFace:
         if self.no_face == "error":
-            self.stats.no_face_errors += 1
+            self._count("no_face_errors")
             raise NoFaceError(
                 f"{item.name}: no face found (MTCNN, min_face_size="
                 f"{self.detector.min_face_size}, thresholds={list(self.detector.thresholds)}); "
                 "use no_face='center_crop' for pre-centred images"
             )
-        self.stats.fallbacks += 1
+        self._count("fallbacks")
         height, width = item.rgb.shape[:2]
         side = self.center_crop_fraction * min(height, width)
         x0, y0 = (width - side) / 2, (height - side) / 2

@@ -14,11 +14,12 @@ import numpy as np
 
 from xcos.data.image_folder import DataError, IdentityPairs
 from xcos.data.lfw import lfw_image_path, read_lfw_people
+from xcos.data.pair_sets import LFW_ALIGNMENT, lfw_alignment
 from xcos.registry import DATASETS
 
 #: LFW's deep-funneled photos are centred: take the central face, and a centred crop in the
 #: rare image where MTCNN finds none (counted in the cache's alignment stats).
-DEFAULT_ALIGNMENT = {"select": "central", "no_face": "center_crop"}
+DEFAULT_ALIGNMENT = LFW_ALIGNMENT
 
 
 def people_of_sets(
@@ -175,5 +176,4 @@ def aligned_faces(
     from xcos.data.aligners import make_aligner
     from xcos.data.prepare import cached_faces
 
-    settings = DEFAULT_ALIGNMENT | dict(align or {})
-    return cached_faces(paths, make_aligner(settings, where))
+    return cached_faces(paths, make_aligner(lfw_alignment(align), where))

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from xcos.data.image_folder import DataError, IdentityPairs, scan_image_folder
 from xcos.data.images import BadImageError, UnalignedImageError, read_face
+from xcos.data.recordio import RecordFile, is_record_folder
 from xcos.io_utils import atomic_folder, fsync_file, read_manifest
 from xcos.registry import DATASETS
 
@@ -60,10 +61,13 @@ def write_shards(
     skip_bad_images: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Decode an identity image folder into a shards folder atomically; returns ``out``.
+    """Decode an identity image folder, or an InsightFace RecordIO folder (``train.rec``,
+    ``train.idx``, ``property``), into a shards folder atomically; returns ``out``.
 
     Args:
-        images_root: folder with one sub-folder of images per identity.
+        images_root: folder with one sub-folder of images per identity, or a RecordIO folder
+            (its images stored class by class, as ``rec_pairs`` numbers them; identity names
+            are the class numbers).
         out: the shards folder to write; its name must end in ``.shards``.
         image_size: side S of the stored faces; images of another size are resized.
         shard_size: most images per shard file.
@@ -82,21 +86,19 @@ def write_shards(
     """
     root, target = Path(images_root), Path(out)
     _check_write_arguments(root, target, image_size, shard_size, overwrite)
-    names, per_identity = scan_image_folder(root)
-    paths = [path for files in per_identity for path in files]
-    identities = np.repeat(np.arange(len(names)), [len(files) for files in per_identity])
+    names, decoder, identities, items = _source(root, image_size)
     workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
     log.info(
         "packing %d images of %d identities from %s into %s (%d decoding workers)",
-        len(paths),
+        len(items),
         len(names),
         root,
         target,
         workers,
     )
     with atomic_folder(target) as temp:
-        writer = _ShardWriter(temp, image_size, shard_size, len(paths))
-        skipped = _decode_into(writer, paths, identities, image_size, workers, skip_bad_images)
+        writer = _ShardWriter(temp, image_size, shard_size, len(items))
+        skipped = _decode_into(writer, decoder, items, identities, workers, skip_bad_images)
         shards = writer.finish()
         kept_names = _write_labels(temp / LABELS, root, names, writer.identities)
         settings = {
@@ -119,12 +121,27 @@ def _check_write_arguments(
     if not root.is_dir():
         raise DataError(
             f"images folder {str(root)!r} does not exist; pass an image folder with one "
-            "sub-folder of aligned face images per identity"
+            "sub-folder of aligned face images per identity, or an InsightFace RecordIO folder"
         )
     if target.exists() and not overwrite:
         raise DataError(f"{where}: already exists; delete it or pass overwrite=True (--overwrite)")
     if target.exists() and not (target / MANIFEST).is_file():
         raise DataError(f"{where}: exists and is not a shards folder; refusing to replace it")
+
+
+def _source(root: Path, size: int) -> tuple[list[str], Dataset, np.ndarray, list[str]]:
+    """(identity names, decoder of image i, identity of image i, name of image i) of an
+    identity image folder or a RecordIO folder."""
+    if is_record_folder(root):
+        file = RecordFile(root)
+        keys = file.keys_by_class()
+        names = [str(number) for number in range(file.num_classes)]
+        labels = np.sort(file.labels)
+        return names, _RecordDecoder(file, keys, size), labels, _RecordNames(keys)
+    names, per_identity = scan_image_folder(root)
+    paths = [path for files in per_identity for path in files]
+    identities = np.repeat(np.arange(len(names)), [len(files) for files in per_identity])
+    return names, _Decoder(paths, size), identities, [str(p.relative_to(root)) for p in paths]
 
 
 class _Decoder(Dataset):
@@ -150,6 +167,48 @@ class _Decoder(Dataset):
             return None, str(err), False
 
 
+class _RecordNames(Sequence):
+    """``train.rec key K`` of image i, made on demand (MS1MV2 has 5.8M images)."""
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self.keys = keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> str:
+        return f"train.rec key {self.keys[index]}"
+
+
+class _RecordDecoder(Dataset):
+    """``_Decoder`` for the records ``keys`` of a RecordIO folder (images numbered class by
+    class); failures name the file, the key and the byte offset."""
+
+    def __init__(self, file: RecordFile, keys: np.ndarray, size: int) -> None:
+        self.file, self.keys, self.size = file, keys, size
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray | None, str | None, bool]:
+        key = int(self.keys[index])
+        try:
+            face = self.file.image(key)
+        except (DataError, BadImageError) as err:  # a corrupt record, an undecodable image
+            return None, str(err), False
+        if face.shape[:2] != (self.size, self.size):
+            height, width = face.shape[:2]
+            return (
+                None,
+                (
+                    f"{self.file.where(key)}: a {width}x{height} face, the pack's --size is "
+                    f"{self.size}; faces are never resized: pack with the faces' size"
+                ),
+                True,
+            )
+        return face.transpose(2, 0, 1), None, False
+
+
 def _as_list(batch: list) -> list:
     """Collate function that keeps the numpy arrays as they are (module level: picklable)."""
     return batch
@@ -157,19 +216,18 @@ def _as_list(batch: list) -> list:
 
 def _decode_into(
     writer: _ShardWriter,
-    paths: Sequence[Path],
+    decoder: Dataset,
+    items: Sequence[str],
     identities: np.ndarray,
-    size: int,
     workers: int,
     skip_bad_images: bool,
-) -> list[Path]:
-    """Feed every decodable image to ``writer`` in order; returns the skipped paths."""
-    loader = DataLoader(
-        _Decoder(paths, size), batch_size=DECODE_BATCH, num_workers=workers, collate_fn=_as_list
-    )
-    skipped: list[Path] = []
-    quiet = True if len(paths) < PROGRESS_FROM else None  # None: a bar on a terminal only
-    bar = tqdm(total=len(paths), unit="img", desc="pack", disable=quiet, smoothing=0)
+) -> list[str]:
+    """Feed every decodable image to ``writer`` in order; returns the names of the skipped
+    ones (``items``: each image's name relative to the source folder)."""
+    loader = DataLoader(decoder, batch_size=DECODE_BATCH, num_workers=workers, collate_fn=_as_list)
+    skipped: list[str] = []
+    quiet = True if len(items) < PROGRESS_FROM else None  # None: a bar on a terminal only
+    bar = tqdm(total=len(items), unit="img", desc="pack", disable=quiet, smoothing=0)
     with bar:
         for number, batch in enumerate(loader):
             for offset, (face, error, unaligned) in enumerate(batch):
@@ -179,7 +237,7 @@ def _decode_into(
                 if face is None:
                     if not skip_bad_images:
                         raise DataError(f"{error}; fix or delete it, or pass --skip-bad-images")
-                    skipped.append(paths[index])
+                    skipped.append(items[index])
                     writer.skip()
                     continue
                 writer.add(face, int(identities[index]))
@@ -264,7 +322,7 @@ def _manifest(
     names: list[str],
     shards: list[dict[str, Any]],
     settings: dict[str, Any],
-    skipped: list[Path],
+    skipped: list[str],
 ) -> dict[str, Any]:
     return {
         "format": SHARDS_FORMAT,
@@ -279,7 +337,7 @@ def _manifest(
         "settings": settings,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "skipped_images": len(skipped),
-        "skipped_files": [str(p.relative_to(root)) for p in skipped[:LISTED_SKIPS]],
+        "skipped_files": skipped[:LISTED_SKIPS],
     }
 
 

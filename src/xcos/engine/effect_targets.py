@@ -35,6 +35,7 @@ from xcos.errors import ConfigError
 from xcos.explain.effects import cell_effects
 from xcos.models.geometry import grid_edges, pixel_spans
 from xcos.models.xcos_model import XCosModel
+from xcos.progress import progress
 from xcos.weights_io import read_weights, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -81,35 +82,39 @@ def measure(
     backbone = model.backbone
     spans = pixel_spans(grid_edges(backbone))
     size = backbone.input_size
-    natural, images = [], 0
-    for start in range(0, len(drawn["natural"]), CHUNK):
-        chunk = drawn["natural"][start : start + CHUNK]
-        faces_a = torch.stack([dataset.load(int(i), False) for i in chunk[:, 0]])
-        faces_b = torch.stack([dataset.load(int(j), False) for j in chunk[:, 1]])
-        effects, _, used = cell_effects(backbone, faces_a, faces_b, spans)
-        natural.append(effects)
-        images += used
-    swapped_effects, outputs = [], {}
-    for start in range(0, len(drawn["swap_face"]), CHUNK):
-        rows = range(start, min(start + CHUNK, len(drawn["swap_face"])))
-        faces = torch.stack([dataset.load(int(drawn["swap_face"][r]), False) for r in rows])
-        swapped = torch.stack(
-            [
-                paste(
-                    face,
-                    dataset.load(int(drawn["swap_donor"][r]), False),
-                    swap_mask(size, drawn["swap_box"][r], bool(drawn["swap_blob"][r])),
-                )
-                for face, r in zip(faces, rows, strict=True)
-            ]
-        )
-        effects, _, used = cell_effects(backbone, faces, swapped, spans)
-        swapped_effects.append(effects)
-        images += used + len(swapped)  # and the swapped faces' outputs below
-        with torch.no_grad():
-            for key, value in model.backbone_outputs(swapped.to(device)).items():
-                dtype = torch.float16 if key == "features" else torch.float32
-                outputs.setdefault(key, []).append(value.to("cpu", dtype))
+    pairs = len(drawn["natural"]) + len(drawn["swap_face"])
+    with progress(pairs, "measured effects", "pair", log) as bar:
+        natural, images = [], 0
+        for start in range(0, len(drawn["natural"]), CHUNK):
+            chunk = drawn["natural"][start : start + CHUNK]
+            faces_a = torch.stack([dataset.load(int(i), False) for i in chunk[:, 0]])
+            faces_b = torch.stack([dataset.load(int(j), False) for j in chunk[:, 1]])
+            effects, _, used = cell_effects(backbone, faces_a, faces_b, spans)
+            natural.append(effects)
+            images += used
+            bar.update(len(chunk))
+        swapped_effects, outputs = [], {}
+        for start in range(0, len(drawn["swap_face"]), CHUNK):
+            rows = range(start, min(start + CHUNK, len(drawn["swap_face"])))
+            faces = torch.stack([dataset.load(int(drawn["swap_face"][r]), False) for r in rows])
+            swapped = torch.stack(
+                [
+                    paste(
+                        face,
+                        dataset.load(int(drawn["swap_donor"][r]), False),
+                        swap_mask(size, drawn["swap_box"][r], bool(drawn["swap_blob"][r])),
+                    )
+                    for face, r in zip(faces, rows, strict=True)
+                ]
+            )
+            effects, _, used = cell_effects(backbone, faces, swapped, spans)
+            swapped_effects.append(effects)
+            images += used + len(swapped)  # and the swapped faces' outputs below
+            with torch.no_grad():
+                for key, value in model.backbone_outputs(swapped.to(device)).items():
+                    dtype = torch.float16 if key == "features" else torch.float32
+                    outputs.setdefault(key, []).append(value.to("cpu", dtype))
+            bar.update(len(rows))
     grid = backbone.grid_size
     empty = np.zeros((0, grid, grid), dtype=np.float32)
     return {

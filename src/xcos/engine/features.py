@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from xcos.cache import cache_root
 from xcos.data.image_folder import IdentityPairs
 from xcos.data.images import to_image, to_tensor
 from xcos.errors import ConfigError
 from xcos.models.xcos_model import XCosModel
+from xcos.progress import progress
 from xcos.weights_io import read_weights, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -60,25 +60,27 @@ def compute_backbone_outputs(
     with ``flip``, also ``features_flipped`` / ``embedding_flipped`` of the mirrored faces."""
     was_training = model.training
     model.eval()
-    chunks: dict[str, list[torch.Tensor]] = {}
+    outputs: dict[str, torch.Tensor] = {}
     log.info("computing the backbone outputs of %d faces", count)
-    # a bar on a terminal only (disable=None): logs and redirected output stay quiet
-    bar = tqdm(total=count, desc="backbone outputs", unit="face", disable=None, leave=False)
     try:
-        for start in range(0, count, batch_size):
-            indices = range(start, min(start + batch_size, count))
-            images = torch.stack([to_tensor(face(i)) for i in indices]).to(device)
-            variants = {"": images, "_flipped": images.flip(3)} if flip else {"": images}
-            for suffix, batch in variants.items():
-                outputs = model.backbone_outputs(batch)
-                for key, value in outputs.items():
-                    dtype = torch.float16 if key == "features" else torch.float32
-                    chunks.setdefault(key + suffix, []).append(value.to("cpu", dtype))
-            bar.update(len(indices))
+        with progress(count, "backbone outputs", "face", log) as bar:
+            for start in range(0, count, batch_size):
+                indices = range(start, min(start + batch_size, count))
+                images = torch.stack([to_tensor(face(i)) for i in indices]).to(device)
+                images = images.contiguous(memory_format=torch.channels_last)  # faster convs
+                variants = {"": images, "_flipped": images.flip(3)} if flip else {"": images}
+                for suffix, batch in variants.items():
+                    for key, value in model.backbone_outputs(batch).items():
+                        dtype = torch.float16 if key == "features" else torch.float32
+                        if key + suffix not in outputs:  # filled in place: no second copy
+                            outputs[key + suffix] = torch.empty(
+                                (count, *value.shape[1:]), dtype=dtype
+                            )
+                        outputs[key + suffix][start : start + len(indices)] = value.to("cpu", dtype)
+                bar.update(len(indices))
     finally:
-        bar.close()
         model.train(was_training)
-    return {key: torch.cat(values) for key, values in chunks.items()}
+    return outputs
 
 
 def cached_backbone_outputs(

@@ -57,6 +57,8 @@ def build_train_loader(
         persistent_workers=data.persistent_workers and workers > 0,
         prefetch_factor=data.prefetch_factor,
         drop_last=True,
+        # a data set whose items keep faces encoded (rec_pairs, decode="device") collates them
+        collate_fn=getattr(dataset, "collate", None),
         # Worker seeds come from this generator, not the global RNG, so creating or iterating
         # the loader (also when resuming mid-epoch) never shifts the model's random stream.
         generator=torch.Generator().manual_seed(seed),

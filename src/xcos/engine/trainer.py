@@ -309,6 +309,9 @@ class Trainer:
         return {key: value / done for key, value in sums.items()}
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        decode = getattr(self.dataset, "decode_batch", None)  # faces decoded on the device
+        if decode is not None:
+            batch = decode(batch, self.device)
         batch = {k: self._to_device(v) for k, v in batch.items()}
         with self.autocast():
             outputs = self.net(batch)

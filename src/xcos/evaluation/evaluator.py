@@ -72,7 +72,8 @@ def embed_images(
     pair_set.check_image_size(size, model.face_template)
     chunks: dict[str, list[torch.Tensor]] = {}
     for images in _batches(pair_set, size, batch_size, num_workers):
-        images = images.to(device, non_blocking=True)
+        # channels-last: convolutions on CPU (oneDNN) and on CUDA tensor cores run faster in it
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast() if autocast else nullcontext():
             faces = faces_to(model.embed(images), device)  # float32 before the flip sum
             if flip:

@@ -17,7 +17,11 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import multiprocessing
+import os
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,7 @@ from xcos.engine.trainer import Trainer
 from xcos.evaluation.evaluator import compare_pairs, describe_outputs
 from xcos.evaluation.verification import held_out_accuracy, kfold_accuracy
 from xcos.models.xcos_model import XCosModel, build_model
+from xcos.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +51,13 @@ def run_lfw_protocol(
     device: torch.device,
     folds: Sequence[int] = tuple(range(1, 11)),
     view1: bool = True,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Run the protocol; writes ``results.json`` into ``run_dir`` and returns it."""
+    """Run the protocol; writes ``results.json`` into ``run_dir`` and returns it.
+
+    ``workers`` heads train side by side in processes of their own (default: one per CPU
+    core on a CPU, one on a GPU); each head's training is seeded alike either way.
+    """
     lfw, run_dir = Path(lfw), Path(run_dir)
     if not config.model.freeze_backbone:
         raise ConfigError(
@@ -72,13 +82,28 @@ def run_lfw_protocol(
         model, store.face, len(store), store.cache_key, device, flip=config.test.flip
     )
     results: dict[str, Any] = {"config": config.name, "folds": list(folds)}
+    jobs = {
+        (fold, name): HeadJob(
+            config.raw, lfw_people(lfw, "people.txt", exclude=fold), head, fold_dir(run_dir, fold)
+        )
+        for fold in folds
+        for name, head in VARIANTS.items()
+    }
+    if view1:
+        jobs |= {
+            ("view1", name): HeadJob(
+                config.raw, lfw_people(lfw, "peopleDevTrain.txt"), head, run_dir / "view1"
+            )
+            for name, head in VARIANTS.items()
+        }
+    heads = train_heads(jobs, config, device, workers)
     view2 = read_lfw(str(lfw / "pairs.txt"))
     view2_pairs = store.indices(list(view2.images), "pairs.txt")[view2.pairs]
     results["view2"] = view2_results(
-        config, lfw, run_dir, device, outputs, view2_pairs, view2.labels, view2.folds, folds
+        config, heads, device, outputs, view2_pairs, view2.labels, view2.folds, folds
     )
     if view1:
-        results["view1"] = view1_results(config, lfw, run_dir, device, outputs, store)
+        results["view1"] = view1_results(config, heads, lfw, device, outputs, store)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -86,8 +111,7 @@ def run_lfw_protocol(
 
 def view2_results(
     config: Config,
-    lfw: Path,
-    run_dir: Path,
+    heads: dict[tuple[Any, str], XCosModel],
     device: torch.device,
     outputs: dict[str, torch.Tensor],
     pairs: np.ndarray,
@@ -101,10 +125,8 @@ def view2_results(
     cos_scores = None
     for fold in folds:
         test = pair_folds == fold - 1  # pairs.txt fold k holds the people of people.txt set k
-        for name, head in VARIANTS.items():
-            train_data = {"people": str(lfw / "people.txt"), "sets": None, "exclude_sets": [fold]}
-            model = train_head(config, train_data, head, run_dir / f"fold{fold:02d}" / name, device)
-            scores = score_pairs(model, outputs, pairs, device, config.test.flip)
+        for name in VARIANTS:
+            scores = score_pairs(heads[fold, name], outputs, pairs, device, config.test.flip)
             for label, key in head_scores(name, scores):
                 accuracy, threshold = held_out_accuracy(scores[key], labels, test)
                 per_fold.setdefault(label, []).append(accuracy)
@@ -130,8 +152,8 @@ def view2_results(
 
 def view1_results(
     config: Config,
+    heads: dict[tuple[Any, str], XCosModel],
     lfw: Path,
-    run_dir: Path,
     device: torch.device,
     outputs: dict[str, torch.Tensor],
     store: LFWFaceStore,
@@ -140,10 +162,8 @@ def view1_results(
     dev_test = read_lfw(str(lfw / "pairsDevTest.txt"))
     pairs = store.indices(list(dev_test.images), "pairsDevTest.txt")[dev_test.pairs]
     results = {}
-    for name, head in VARIANTS.items():
-        train_data = {"people": str(lfw / "peopleDevTrain.txt"), "sets": None, "exclude_sets": None}
-        model = train_head(config, train_data, head, run_dir / "view1" / name, device)
-        scores = score_pairs(model, outputs, pairs, device, config.test.flip)
+    for name in VARIANTS:
+        scores = score_pairs(heads["view1", name], outputs, pairs, device, config.test.flip)
         labelled = [*head_scores(name, scores), *([("cos", "cos")] if name == "xcos" else [])]
         for label, key in labelled:
             result = kfold_accuracy(scores[key], dev_test.labels, dev_test.folds)
@@ -157,22 +177,98 @@ def head_scores(name: str, scores: dict[str, np.ndarray]) -> list[tuple[str, str
     return [(name, "xcos"), *([(f"{name}_head", "head_xcos")] if "head_xcos" in scores else [])]
 
 
-def train_head(
+def lfw_people(lfw: Path, people: str, exclude: int | None = None) -> dict[str, Any]:
+    """The training data settings of a head: LFW people of ``people``, set ``exclude`` left out."""
+    return {
+        "people": str(lfw / people),
+        "sets": None,
+        "exclude_sets": [exclude] if exclude else None,
+    }
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    return run_dir / f"fold{fold:02d}"
+
+
+@dataclass(frozen=True)
+class HeadJob:
+    """One head to train: the run config (a dict), its training people and head settings, and
+    the folder its run goes to (``<folder>/<head name>``)."""
+
+    raw: dict[str, Any]
+    train_data: dict[str, Any]
+    head: dict[str, Any]
+    folder: Path
+
+
+def train_heads(
+    jobs: dict[tuple[Any, str], HeadJob],
     config: Config,
-    train_data: dict[str, Any],
-    head: dict[str, Any],
-    run_dir: Path,
     device: torch.device,
-) -> XCosModel:
-    """Train one head with ``config``, its training people and head settings replaced."""
-    raw = copy.deepcopy(config.raw)
-    raw["data"]["train"] = {**raw["data"]["train"], **train_data}
-    raw["model"]["head"] = {**raw["model"]["head"], **head}
+    workers: int | None = None,
+) -> dict[tuple[Any, str], XCosModel]:
+    """Every job's trained model. On a CPU, ``workers`` processes (default: one per core)
+    train heads side by side, each with an equal share of the cores: a small head's steps
+    use two cores better as two trainings than as one with two threads per operation."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    workers = (cores if device.type == "cpu" else 1) if workers is None else workers
+    workers = max(1, min(workers, len(jobs)))
+    states: dict[tuple[Any, str], dict[str, torch.Tensor]] = {}
+    with progress(len(jobs), "train heads", "head", log) as bar:
+        if workers == 1:
+            for key, job in jobs.items():
+                states[key] = train_head(job, key[1], str(device))
+                log.info("trained %s head of %s", key[1], key[0])
+                bar.update()
+        else:
+            threads = max(1, cores // workers)
+            context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+            with ProcessPoolExecutor(
+                workers, context, initializer=torch.set_num_threads, initargs=(threads,)
+            ) as pool:
+                futures = {
+                    pool.submit(train_head, job, key[1], str(device), True): key
+                    for key, job in jobs.items()
+                }
+                for future in as_completed(futures):
+                    states[futures[future]] = future.result()
+                    log.info("trained %s head of %s", futures[future][1], futures[future][0])
+                    bar.update()
+    models: dict[tuple[Any, str], XCosModel] = {}
+    built: dict[str, XCosModel] = {}  # building reads the recognizer's weights: once per head
+    for key, job in jobs.items():
+        model_raw = job_raw(job)["model"]
+        text = json.dumps(model_raw, sort_keys=True)
+        if text not in built:
+            built[text] = build_model(load_config(job_raw(job)).model)
+        model = copy.deepcopy(built[text])
+        model.load_state_dict(states[key])
+        models[key] = model.to(device)
+    return models
+
+
+def job_raw(job: HeadJob, quiet: bool = False) -> dict[str, Any]:
+    """The run config (a dict) of a head's training."""
+    raw = copy.deepcopy(job.raw)
+    raw["data"]["train"] = {**raw["data"]["train"], **job.train_data}
+    raw["model"]["head"] = {**raw["model"]["head"], **job.head}
     raw["validation"] = {"pair_sets": []}  # the protocol scores the held-out fold itself
-    trainer = Trainer(load_config(raw), run_dir, device)
+    if quiet:
+        raw["trainer"] = {**raw.get("trainer", {}), "progress_bar": False}
+    return raw
+
+
+def train_head(
+    job: HeadJob, name: str, device: str, quiet: bool = False
+) -> dict[str, torch.Tensor]:
+    """Train one head; returns its model's state dict (on the CPU). ``quiet``: no progress
+    bar (heads training side by side would draw over each other)."""
+    raw = job_raw(job, quiet)
+    run_dir = job.folder / name
+    trainer = Trainer(load_config(raw), run_dir, torch.device(device))
     (run_dir / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
     trainer.fit()
-    return trainer.model
+    return {key: value.cpu() for key, value in trainer.model.state_dict().items()}
 
 
 def score_pairs(
