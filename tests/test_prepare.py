@@ -25,6 +25,8 @@ class Aligned:
 class CentreCropAligner:
     """Stands in for the MTCNN aligner where detection is not what is tested."""
 
+    thread_safe = True
+
     def __init__(self) -> None:
         self.stats = {"images": 0, "faces": 0, "fallbacks": 0}
 

@@ -189,10 +189,17 @@ def prepare_arguments(parser: argparse.ArgumentParser) -> None:
         help="which face of an image with several: the largest or the most central",
     )
     parser.add_argument(
+        "--aligner",
+        choices=("mtcnn", "dlib"),
+        default="mtcnn",
+        help="MTCNN (default), or dlib's own detector, 5 landmarks and 150x150 chips (needs "
+        "the dlib-align extra; makes --template dlib faces only)",
+    )
+    parser.add_argument(
         "--template",
         choices=("arcface", "dlib"),
-        default="arcface",
-        help="face layout: ArcFace 112x112, or dlib's 150x150 chip (for dlib_resnet)",
+        help="face layout: ArcFace 112x112 (default), or dlib's 150x150 chip (for dlib_resnet; "
+        "the default with --aligner dlib)",
     )
     parser.add_argument("--size", type=int, help="side of the aligned faces (default: template's)")
     parser.add_argument(
@@ -455,7 +462,6 @@ def synth_command(args: argparse.Namespace) -> int:
 def prepare_command(args: argparse.Namespace) -> int:
     from xcos.data.pair_sets import load_pair_set
     from xcos.data.prepare import prepare_pack, subset_folds
-    from xcos.runtime import resolve_device
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.pairs:
@@ -469,20 +475,9 @@ def prepare_command(args: argparse.Namespace) -> int:
         pair_set = subset_folds(pair_set, args.folds)
     aligner = None
     if not isinstance(pair_set.images, np.ndarray):
-        from xcos.data.align import FaceAligner
-        from xcos.data.pair_sets import LFW_MIN_FACE
+        from xcos.data.aligners import make_aligner
 
-        size = args.size or (150 if args.template == "dlib" else 112)
-        min_face = args.min_face_size or (LFW_MIN_FACE if args.pairs else 20)
-        aligner = FaceAligner(
-            image_size=size,
-            template=args.template,
-            select=args.select,
-            no_face=args.no_face,
-            device=str(resolve_device(args.device)),
-            pixel_limit=args.max_pixels,
-            min_face_size=min_face,
-        )
+        aligner = make_aligner(prepare_aligner_settings(args), "xcos prepare")
     out = prepare_pack(
         pair_set, args.out, aligner, [Path(source)], args.batch_size, args.overwrite, args.workers
     )
@@ -492,6 +487,29 @@ def prepare_command(args: argparse.Namespace) -> int:
         f"{fallbacks} centre-crop fallback(s)"
     )
     return 0
+
+
+def prepare_aligner_settings(args: argparse.Namespace) -> dict:
+    """The aligner settings of ``xcos prepare``'s options (``make_aligner``'s input)."""
+    common = {"select": args.select, "no_face": args.no_face, "pixel_limit": args.max_pixels}
+    if args.aligner == "dlib":
+        # dlib's aligner has one layout: its own 150 px chip; refuse anything else up front
+        if args.template not in (None, "dlib") or args.size not in (None, 150):
+            raise ConfigError(
+                f"--aligner dlib makes dlib's own 150x150 chips only (template dlib), not "
+                f"--template {args.template or 'dlib'} --size {args.size or 150}; drop those "
+                "options, or use --aligner mtcnn for other layouts and sizes"
+            )
+        return {"aligner": "dlib", **common}
+    from xcos.data.pair_sets import LFW_MIN_FACE
+    from xcos.runtime import resolve_device
+
+    template = args.template or "arcface"
+    size = args.size or (150 if template == "dlib" else 112)
+    device = str(resolve_device(args.device))
+    min_face = args.min_face_size or (LFW_MIN_FACE if args.pairs else 20)
+    mtcnn = {"image_size": size, "template": template, "device": device, "min_face_size": min_face}
+    return {**mtcnn, **common}
 
 
 def explain_command(args: argparse.Namespace) -> int:

@@ -377,6 +377,8 @@ class AlignStats:
 class FaceAligner:
     """Detect the face of each image with MTCNN and align it onto the ArcFace template.
 
+    Thread-safe: ``align_batch`` may run in several threads at once (``data.prepare`` does).
+
     Args:
         image_size: side of the aligned square face (the template is scaled uniformly to it).
         template: ``"arcface"`` (the ArcFace 112 x 112 layout) or ``"dlib"`` (dlib's 150 x 150
@@ -443,6 +445,8 @@ class FaceAligner:
         self.template = face_template(template, image_size)
         self.stats = AlignStats()
         self._stats_lock = threading.Lock()  # align_batch may run in several threads at once
+
+    thread_safe = True
 
     def settings(self) -> dict:
         """JSON-friendly constructor settings (for provenance, e.g. a pack's manifest)."""

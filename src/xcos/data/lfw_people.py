@@ -14,8 +14,8 @@ import numpy as np
 
 from xcos.data.image_folder import DataError, IdentityPairs
 from xcos.data.lfw import lfw_image_path, read_lfw_people
-from xcos.data.pair_sets import LFW_ALIGNMENT
-from xcos.registry import DATASETS, check_kwargs
+from xcos.data.pair_sets import LFW_ALIGNMENT, lfw_alignment
+from xcos.registry import DATASETS
 
 #: LFW's deep-funneled photos are centred: take the central face, and a centred crop in the
 #: rare image where MTCNN finds none (counted in the cache's alignment stats).
@@ -79,7 +79,8 @@ class LFWPeoplePairs(IdentityPairs):
         exclude_sets: sets to leave out (e.g. the test fold of the 10-fold protocol).
         images: the images folder (default: ``images/`` beside the people file, else its
             folder).
-        align: ``FaceAligner`` settings (e.g. ``{"template": "dlib", "image_size": 150}``);
+        align: aligner settings (``xcos.data.aligners.make_aligner``: ``FaceAligner``'s, e.g.
+            ``{"template": "dlib", "image_size": 150}``, or ``{"aligner": "dlib"}``);
             every image of the folder is aligned once and cached by content under
             ``$XCOS_CACHE/faces`` (see ``LFWFaceStore``).
         same_probability: chance of a same-identity pair.
@@ -172,9 +173,7 @@ def aligned_faces(
     paths: list[Path], align: dict[str, Any] | None, where: str
 ) -> tuple[np.ndarray, str]:
     """Faces [M, 3, S, S] of ``paths`` aligned with ``align`` settings, through the cache."""
-    from xcos.data.align import FaceAligner
+    from xcos.data.aligners import make_aligner
     from xcos.data.prepare import cached_faces
 
-    settings = DEFAULT_ALIGNMENT | dict(align or {})
-    check_kwargs(FaceAligner, settings, where)
-    return cached_faces(paths, FaceAligner(**settings))
+    return cached_faces(paths, make_aligner(lfw_alignment(align), where))

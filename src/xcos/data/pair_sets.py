@@ -261,7 +261,7 @@ def load_pair_set(spec: str | dict[str, Any], path: str = "pair_sets") -> PairSe
         spec = {"type": readers[suffix], "path": spec}
     align = spec.get("align", spec["type"] in ALIGNED_BY_DEFAULT)
     if spec["type"] == "lfw" and isinstance(align, dict):
-        align = LFW_ALIGNMENT | align  # LFW's settings, unless the spec says otherwise
+        align = lfw_alignment(align)  # LFW's settings, unless the spec says otherwise
     pair_set = PAIR_SETS.build(spec, path, own_keys=("align",))
     if align and not isinstance(pair_set.images, np.ndarray):
         pair_set = aligned_through_cache(pair_set, align, [Path(spec["path"])], f"{path}.align")
@@ -284,16 +284,23 @@ LFW_MIN_FACE = 20 / 0.709**3
 LFW_ALIGNMENT = {"select": "central", "no_face": "center_crop", "min_face_size": LFW_MIN_FACE}
 
 
+def lfw_alignment(align: dict[str, Any] | None) -> dict[str, Any]:
+    """``align`` over LFW's alignment settings; MTCNN's pyramid setting only for MTCNN."""
+    settings = LFW_ALIGNMENT | dict(align or {})
+    if settings.get("aligner", "mtcnn") != "mtcnn" and "min_face_size" not in (align or {}):
+        del settings["min_face_size"]  # dlib's detector has no image pyramid setting
+    return settings
+
+
 def aligned_through_cache(
     pair_set: PairSet, align: bool | dict[str, Any], sources: list[Path], path: str
 ) -> PairSet:
-    """The pair set with every image aligned (MTCNN), from the pack cache when possible."""
-    from xcos.data.align import FaceAligner
+    """The pair set with every image aligned (MTCNN, or dlib with ``"aligner": "dlib"``),
+    from the pack cache when possible."""
+    from xcos.data.aligners import make_aligner
     from xcos.data.pack import read_pack
     from xcos.data.prepare import cached_pack
-    from xcos.registry import check_kwargs
 
     settings = dict(LFW_ALIGNMENT) if align is True else dict(align)
-    check_kwargs(FaceAligner, settings, path)
-    folder = cached_pack(pair_set, FaceAligner(**settings), sources)
+    folder = cached_pack(pair_set, make_aligner(settings, path), sources)
     return read_pack(str(folder), pair_set.name)

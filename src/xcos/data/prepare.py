@@ -90,6 +90,8 @@ def aligned_chunks(
     """
     paths = [str(p) for p in paths]
     workers = default_workers() if workers is None else workers
+    if not getattr(aligner, "thread_safe", False):
+        workers = 1  # e.g. dlib's detectors: one image at a time, in one thread
     chunks = [paths[start : start + batch_size] for start in range(0, len(paths), batch_size)]
 
     def align(chunk: list[str]) -> np.ndarray:
