@@ -106,14 +106,33 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def release_free_memory() -> None:
-    """Hand the C heap's free memory back to the system (glibc's ``malloc_trim``; elsewhere
-    nothing). Threads that allocate and free large buffers in turn otherwise leave the process
-    holding the high-water mark of every thread's arena."""
+def _glibc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        return
-    trim = getattr(libc, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+
+
+def release_free_memory() -> None:
+    """Hand the C heap's free memory back to the system (glibc's ``malloc_trim``; elsewhere
+    nothing), e.g. after a step whose threads allocated and freed large buffers in turn."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def reuse_freed_memory() -> None:
+    """Let the C heap keep and reuse freed blocks of up to 256 MB (glibc's ``mallopt``;
+    elsewhere nothing). By default glibc maps each large block afresh and unmaps it when
+    freed, and the kernel zeroes every page again: MTCNN's per-batch buffers made that 40%
+    of alignment's CPU time, as system time. Process-wide and lasting; pair it with
+    ``release_free_memory`` at the end of the step."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, 256 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 512 << 20)
+
+
+#: glibc's ``mallopt`` parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
