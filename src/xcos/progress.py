@@ -32,7 +32,7 @@ class Progress:
 @contextmanager
 def progress(total: int, description: str, unit: str, log: logging.Logger) -> Iterator[Progress]:
     """A bar of ``total`` ``unit``s; on a normal exit, logs ``"<description>: N units in T s
-    (R units/s)"`` at INFO level."""
+    (R units/s)"`` at INFO level (R to three significant digits)."""
     start = time.perf_counter()
     with tqdm(total=total, desc=description, unit=unit, disable=None, leave=False) as bar:
         counter = Progress(bar)
@@ -40,5 +40,5 @@ def progress(total: int, description: str, unit: str, log: logging.Logger) -> It
     seconds = time.perf_counter() - start
     rate = counter.done / seconds if seconds > 0 else float("inf")
     log.info(
-        "%s: %d %s in %.1f s (%.1f %s/s)", description, counter.done, unit, seconds, rate, unit
+        "%s: %d %s in %.1f s (%.3g %s/s)", description, counter.done, unit, seconds, rate, unit
     )
