@@ -178,7 +178,7 @@ class MTCNNDetector:
     def _refine(self, tables: torch.Tensor, found: _Candidates) -> _Candidates:
         """R-Net on 24 x 24 crops: threshold, NMS, box regression."""
         found, crops = self._crops(tables, found, 24)
-        regression, probs = self.rnet(crops)
+        regression, probs = _in_padded_batches(self.rnet, crops)
         found, regression = self._passing(found, probs[:, 1], regression, self.thresholds[1])
         keep = batched_nms(found.boxes[:, :4], found.boxes[:, 4], found.images, 0.7)
         found, regression = found.take(keep), regression[keep]
@@ -188,7 +188,7 @@ class MTCNNDetector:
     def _output(self, tables: torch.Tensor, found: _Candidates) -> tuple[_Candidates, torch.Tensor]:
         """O-Net on 48 x 48 crops: threshold, landmarks, box regression, "Min" NMS."""
         found, crops = self._crops(tables, found, 48)
-        regression, points, probs = self.onet(crops)
+        regression, points, probs = _in_padded_batches(self.onet, crops)
         passing = probs[:, 1] > self.thresholds[2]
         points = points[passing]
         found, regression = self._passing(found, probs[:, 1], regression, self.thresholds[2])
@@ -313,3 +313,18 @@ def _box_sums(
         - corner(rows_1, cols_0)
         + corner(rows_0, cols_0)
     )
+
+
+#: Crops per network call are padded up to a multiple of this: the networks then see few
+#: distinct batch sizes, and oneDNN keeps few kernels and buffers (one per shape) alive.
+CROP_BATCH = 128
+
+
+def _in_padded_batches(net: torch.nn.Module, crops: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``net(crops)``, the batch padded with zero crops to a multiple of ``CROP_BATCH``."""
+    count = len(crops)
+    padded = -count % CROP_BATCH
+    if padded:
+        filler = crops.new_zeros((padded, *crops.shape[1:]))
+        crops = torch.cat([crops, filler]).contiguous(memory_format=torch.channels_last)
+    return tuple(output[:count] for output in net(crops))

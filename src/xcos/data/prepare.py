@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 PREPARE_VERSION = 1
 #: Images per alignment chunk. Each worker thread holds one chunk's detection buffers at a
 #: time; 16 rather than 32 lowers the peak memory of aligning LFW by about 0.4 GB.
-ALIGN_BATCH = 16  # bump when the preparation changes, so cached packs are rebuilt
+ALIGN_BATCH = 16
+# bump when the preparation changes, so cached packs are rebuilt
 
 
 def subset_folds(pair_set: PairSet, folds: Sequence[int]) -> PairSet:
