@@ -55,3 +55,9 @@ def test_cascade_finds_facenet_pytorchs_faces_and_landmarks_on_lfw():
         np.testing.assert_allclose(
             mine.landmarks[0], np.asarray(landmarks, float)[order][0], atol=1e-2
         )
+
+
+def test_an_image_smaller_than_the_smallest_face_has_no_faces():
+    tiny = np.full((2, 40, 40, 3), 128, dtype=np.uint8)  # 40 px < 56 px: no pyramid scale at all
+    assert pyramid_scales(40, 40, 56.1, 0.709) == []
+    assert [len(found) for found in MTCNNDetector(min_face_size=56.1).detect(tiny)] == [0, 0]

@@ -326,6 +326,20 @@ def load_bounded_rgb(
     return LoadedImage(rgb=rgb, name=name, source_size=source_size, to_source=to_source)
 
 
+def load_face_image(
+    image: ImageInput, max_pixels: int, name: str = "", pixel_limit: int | None = None
+) -> LoadedImage:
+    """``load_bounded_rgb``, refusing images too small to hold a face (a DataError naming it)."""
+    loaded = load_bounded_rgb(image, max_pixels, name, pixel_limit)
+    height, width = loaded.rgb.shape[:2]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise DataError(
+            f"{loaded.name}: image is {width}x{height} pixels; face alignment needs at least "
+            f"{MIN_IMAGE_SIDE} pixels on each side"
+        )
+    return loaded
+
+
 # --------------------------------------------------------------------------------------------
 # MTCNN
 # --------------------------------------------------------------------------------------------
@@ -469,14 +483,7 @@ class FaceAligner:
 
     def load(self, image: ImageInput, name: str = "") -> LoadedImage:
         """Decode ``image`` to the bounded RGB working image; tiny images raise a DataError."""
-        loaded = load_bounded_rgb(image, self.max_pixels, name, self.pixel_limit)
-        height, width = loaded.rgb.shape[:2]
-        if min(height, width) < MIN_IMAGE_SIDE:
-            raise DataError(
-                f"{loaded.name}: image is {width}x{height} pixels; face alignment needs at least "
-                f"{MIN_IMAGE_SIDE} pixels on each side"
-            )
-        return loaded
+        return load_face_image(image, self.max_pixels, name, self.pixel_limit)
 
     def detection_input(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The copy detection runs on (longer side <= detect_size) and its map to ``rgb``."""

@@ -38,11 +38,11 @@ from xcos.data.align import (
     AlignedFace,
     AlignStats,
     LoadedImage,
-    load_bounded_rgb,
+    load_face_image,
     warp_affine,
 )
 from xcos.data.images import DEFAULT_MAX_PIXELS
-from xcos.errors import DataError, NoFaceError, SetupError
+from xcos.errors import NoFaceError, SetupError
 
 ImageInput = np.ndarray | Image.Image | str | Path | bytes
 
@@ -215,14 +215,7 @@ class DlibAligner:
 
     def load(self, image: ImageInput, name: str = "") -> LoadedImage:
         """Decode ``image`` as ``FaceAligner.load`` does; tiny images raise a DataError."""
-        loaded = load_bounded_rgb(image, self.max_pixels, name, self.pixel_limit)
-        height, width = loaded.rgb.shape[:2]
-        if min(height, width) < MIN_IMAGE_SIDE:
-            raise DataError(
-                f"{loaded.name}: image is {width}x{height} pixels; face alignment needs at least "
-                f"{MIN_IMAGE_SIDE} pixels on each side"
-            )
-        return loaded
+        return load_face_image(image, self.max_pixels, name, self.pixel_limit)
 
     def align(self, image: ImageInput, name: str = "") -> AlignedFace:
         """Align one image (path, encoded bytes, PIL image, or RGB/gray/RGBA uint8 array);

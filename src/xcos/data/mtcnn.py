@@ -159,6 +159,10 @@ class MTCNNDetector:
             keep = batched_nms(found[:, :4], found[:, 4], owners, 0.5)
             boxes.append(found[keep])
             images.append(owners[keep])
+        if not boxes:  # the image is smaller than the smallest face searched for
+            return _Candidates(
+                torch.zeros(0, 9, device=pixels.device), torch.zeros(0, dtype=torch.long)
+            )
         found = _Candidates(torch.cat(boxes), torch.cat(images))
         found = found.take(batched_nms(found.boxes[:, :4], found.boxes[:, 4], found.images, 0.7))
         box = found.boxes
