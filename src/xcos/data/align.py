@@ -326,6 +326,14 @@ def load_bounded_rgb(
     return LoadedImage(rgb=rgb, name=name, source_size=source_size, to_source=to_source)
 
 
+def image_name(image: ImageInput, index: int, names: Sequence[str] | None = None) -> str:
+    """What errors call input ``index``: its given name, else "" for a path (the path names
+    it), else its position and type."""
+    if names:
+        return names[index]
+    return "" if isinstance(image, (str, Path)) else f"image #{index} ({type(image).__name__})"
+
+
 def load_face_image(
     image: ImageInput, max_pixels: int, name: str = "", pixel_limit: int | None = None
 ) -> LoadedImage:
@@ -507,14 +515,7 @@ class FaceAligner:
         results: list[AlignedFace] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            names_here = [
-                names[start + i]
-                if names
-                else ""
-                if isinstance(img, (str, Path))
-                else f"image #{start + i} ({type(img).__name__})"
-                for i, img in enumerate(chunk)
-            ]
+            names_here = [image_name(img, start + i, names) for i, img in enumerate(chunk)]
             loaded = [self.load(img, name) for img, name in zip(chunk, names_here, strict=True)]
             inputs = [self.detection_input(item.rgb) for item in loaded]
             detections: list[Detections | None] = [None] * len(loaded)

@@ -38,6 +38,7 @@ from xcos.data.align import (
     AlignedFace,
     AlignStats,
     LoadedImage,
+    image_name,
     load_face_image,
     warp_affine,
 )
@@ -229,13 +230,7 @@ class DlibAligner:
         decoded image is held at a time."""
         results: list[AlignedFace] = []
         for index, image in enumerate(images):
-            name = (
-                names[index]
-                if names
-                else ""
-                if isinstance(image, (str, Path))
-                else f"image #{index} ({type(image).__name__})"
-            )
+            name = image_name(image, index, names)
             results.append(self._align_one(self.load(image, name)))
         return results
 
