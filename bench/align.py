@@ -70,11 +70,11 @@ def run_child(variant: str, paths_file: str, out: str) -> None:
     import torch
 
     from xcos.data.align import FaceAligner
-    from xcos.data.lfw_people import DEFAULT_ALIGNMENT
+    from xcos.data.pair_sets import LFW_ALIGNMENT
     from xcos.data.prepare import align_images
 
     spec = VARIANTS[variant]
-    settings = dict(DEFAULT_ALIGNMENT, template="dlib", image_size=150)
+    settings = dict(LFW_ALIGNMENT, template="dlib", image_size=150)
     if spec["min_face_size"] is not None:
         settings["min_face_size"] = spec["min_face_size"]
     aligner = FaceAligner(**settings)

@@ -14,12 +14,8 @@ import numpy as np
 
 from xcos.data.image_folder import DataError, IdentityPairs
 from xcos.data.lfw import lfw_image_path, read_lfw_people
-from xcos.data.pair_sets import LFW_ALIGNMENT, lfw_alignment
+from xcos.data.pair_sets import lfw_alignment
 from xcos.registry import DATASETS
-
-#: LFW's deep-funneled photos are centred: take the central face, and a centred crop in the
-#: rare image where MTCNN finds none (counted in the cache's alignment stats).
-DEFAULT_ALIGNMENT = LFW_ALIGNMENT
 
 
 def people_of_sets(
