@@ -133,6 +133,29 @@ def test_cached_items_match_the_images_they_replace(plugin_config):
         assert torch.allclose(item["features_a"], features, atol=2e-2, rtol=1e-2)
 
 
+def test_a_batch_of_cached_items_is_fetched_at_once_and_equals_them_item_by_item(
+    plugin_config,
+):
+    """``__getitems__`` (what the DataLoader calls) gathers a batch in one indexing per key:
+    the same pairs, flips and labels as ``__getitem__`` key by key, collated."""
+    from torch.utils.data import DataLoader, default_collate
+
+    from xcos.registry import DATASETS
+
+    dataset = DATASETS.build(plugin_config.data.train, "data.train")
+    cached = with_cached_features(build_model(plugin_config.model), dataset, CPU)
+    keys = [(3, index) for index in (5, 0, 7, 7, 2, 9, 1)]
+    batch = cached.__getitems__(keys)
+    expected = default_collate([cached[key] for key in keys])
+    assert batch.keys() == expected.keys()
+    for key, value in expected.items():
+        assert batch[key].dtype == value.dtype and torch.equal(batch[key], value), key
+    flips = [cached.pairs.sample(index, 3)[1:] for _, index in keys]
+    assert {flip for pair in flips for flip in pair} == {True, False}  # both ways covered
+    loader = DataLoader(cached, batch_size=7, sampler=keys, collate_fn=cached.collate)
+    assert all(torch.equal(next(iter(loader))[key], batch[key]) for key in batch)
+
+
 def test_fold_accuracy_chooses_the_threshold_on_the_other_folds():
     scores = np.array([0.9, 0.1, 0.8, 0.2, 0.4, 0.6])
     labels = np.array([1, 0, 1, 0, 1, 0])

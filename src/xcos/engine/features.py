@@ -12,13 +12,14 @@ import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from xcos.cache import cache_root
-from xcos.data.image_folder import IdentityPairs
+from xcos.data.image_folder import IdentityPairs, split_key
 from xcos.data.images import to_image, to_tensor
 from xcos.errors import ConfigError
 from xcos.models.xcos_model import XCosModel
@@ -158,6 +159,60 @@ class CachedFeaturePairs(WrappedPairs):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
         perturbed = self._perturbed_outputs if self.perturbed is not None else None
         return self.pairs.pair_item(key, self.face_outputs, perturbed)
+
+    def __getitems__(self, keys: list) -> dict[str, torch.Tensor]:
+        """A whole batch, collated (the DataLoader calls this instead of one ``__getitem__``
+        per key): the same pairs as item by item, but the cached outputs of all faces are
+        gathered in one indexing per key, where per-item dicts and copies cost about as
+        much as a small head's training step. Batches with B* go item by item."""
+        if self.perturbed is not None:
+            return default_collate([self[key] for key in keys])
+        anchors, partners, flips_a, flips_b = [], [], [], []
+        for key in keys:
+            epoch, index = split_key(key)
+            other, flip_a, flip_b = self.pairs.sample(index, epoch)
+            anchors.append(index)
+            partners.append(other)
+            flips_a.append(flip_a)
+            flips_b.append(flip_b)
+        labels = torch.as_tensor(np.asarray(self.pairs.labels), dtype=torch.int64)
+        label_a, label_b = labels[anchors], labels[partners]
+        return {
+            **self._gathered_outputs(anchors, flips_a, "a"),
+            **self._gathered_outputs(partners, flips_b, "b"),
+            "identity_a": label_a,
+            "identity_b": label_b,
+            "label": (label_a == label_b).long(),
+        }
+
+    def _gathered_outputs(
+        self, indices: list[int], flips: list[bool], side: str
+    ) -> dict[str, torch.Tensor]:
+        """``face_outputs`` of many faces at once: ``<key>_<side>`` [N, ...] float32."""
+        rows = np.asarray(indices, dtype=np.int64)
+        if self.store_index is not None:
+            rows = np.asarray(self.store_index, dtype=np.int64)[rows]
+        rows_t = torch.from_numpy(rows)
+        flipped = torch.as_tensor(flips, dtype=torch.bool)
+        gathered = {}
+        for key in self.keys:
+            values = self.outputs[key][rows_t]
+            if flipped.any():
+                mirrored = self.outputs[f"{key}_flipped"][rows_t]
+                mask = flipped.view(-1, *[1] * (values.ndim - 1))
+                values = torch.where(mask, mirrored, values)
+            gathered[f"{key}_{side}"] = values.float()
+        return gathered
+
+    @property
+    def collate(self) -> Callable[[Any], dict[str, torch.Tensor]]:
+        """The DataLoader's ``collate_fn``: batches come collated from ``__getitems__``."""
+        return collated_batch
+
+
+def collated_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch that ``__getitems__`` has already collated, passed through."""
+    return batch
 
 
 def perturbed_outputs(
