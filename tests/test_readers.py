@@ -486,3 +486,25 @@ def test_pack_faces_are_never_resized_for_another_model(pack):
         with pytest.raises(UnalignedImageError, match=r"p: holds aligned 8x8 faces.*16x16") as err:
             refuse()
         assert f"xcos prepare ... --template arcface --size 16 --out {pack}" in str(err.value)
+
+
+def test_the_lfw_store_finds_an_image_by_any_path_that_leads_to_it(tmp_path, monkeypatch):
+    """Paths through a linked folder (``data/lfw`` -> the download) and through the folder
+    itself name the same image; a path outside the store is an error that names it."""
+    from xcos.data import lfw_people
+
+    monkeypatch.setattr(
+        lfw_people, "aligned_faces", lambda paths, align, where: (np.zeros(len(paths)), "key")
+    )
+    real = fake_lfw(tmp_path / "download", VIEW2).parent / "images"
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "lfw").symlink_to(real, target_is_directory=True)
+    store = lfw_people.LFWFaceStore(tmp_path / "data" / "lfw", None, "test")
+    assert len(store) == 9
+    through_link = [tmp_path / "data/lfw/Bob/Bob_0002.jpg", "data/lfw/Ann/Ann_0001.jpg"]
+    monkeypatch.chdir(tmp_path)
+    direct = [real / "Bob/Bob_0002.jpg", str(real / "Ann/Ann_0001.jpg")]
+    assert store.indices(through_link, "t").tolist() == store.indices(direct, "t").tolist()
+    assert store.indices(direct, "t").tolist() == [4, 0]  # sorted: Ann 1-3, Bob 1-3, Cid 1-3
+    with pytest.raises(DataError, match="Dan_0001.jpg"):
+        store.indices([real / "Dan/Dan_0001.jpg"], "pairs.txt")

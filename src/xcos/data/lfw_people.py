@@ -7,6 +7,9 @@ honest protocol for anything learned on LFW (``xcos lfw-protocol``).
 
 from __future__ import annotations
 
+import functools
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +50,9 @@ class LFWFaceStore:
         paths = sorted(root.glob("*/*.jpg"))
         if not paths:
             raise DataError(f"{where}: no LFW images (<name>/<name>_NNNN.jpg) under {root}")
-        self.index = {path.resolve(): i for i, path in enumerate(paths)}
+        real_folder = functools.lru_cache(maxsize=None)(os.path.realpath)
+        self.index = {real_path(path, real_folder): i for i, path in enumerate(paths)}
+        self._real_folder = real_folder
         self.faces, self.cache_key = aligned_faces(paths, align, where)
 
     def __len__(self) -> int:
@@ -60,9 +65,18 @@ class LFWFaceStore:
     def indices(self, paths: list[str] | list[Path], where: str) -> np.ndarray:
         """Store indices of image paths; errors name the first path not in the store."""
         try:
-            return np.array([self.index[Path(p).resolve()] for p in paths], dtype=np.int64)
+            keys = (real_path(Path(p), self._real_folder) for p in paths)
+            return np.array([self.index[key] for key in keys], dtype=np.int64)
         except KeyError as err:
             raise DataError(f"{where}: image {err.args[0]} is not under {self.root}") from None
+
+
+def real_path(path: Path, real_folder: Callable[[str], str]) -> str:
+    """``path`` with its folder's links resolved, the folder through ``real_folder`` (a
+    memoised ``os.path.realpath``): a path named through ``data/lfw`` or through the folder
+    it links to is one image, for one system call per person's folder instead of one per
+    path component of each of LFW's 13,233 images (seconds per training run)."""
+    return os.path.join(real_folder(os.path.abspath(path.parent)), path.name)
 
 
 @DATASETS.register("lfw_people_pairs")
