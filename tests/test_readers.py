@@ -506,5 +506,5 @@ def test_the_lfw_store_finds_an_image_by_any_path_that_leads_to_it(tmp_path, mon
     direct = [real / "Bob/Bob_0002.jpg", str(real / "Ann/Ann_0001.jpg")]
     assert store.indices(through_link, "t").tolist() == store.indices(direct, "t").tolist()
     assert store.indices(direct, "t").tolist() == [4, 0]  # sorted: Ann 1-3, Bob 1-3, Cid 1-3
-    with pytest.raises(DataError, match="Dan_0001.jpg"):
+    with pytest.raises(DataError, match=r"Dan_0001\.jpg"):
         store.indices([real / "Dan/Dan_0001.jpg"], "pairs.txt")
