@@ -36,6 +36,7 @@ from xcos.data.lfw import read_lfw
 from xcos.data.pack import read_pack
 from xcos.data.pair_sets import LFW_ALIGNMENT, PairSet
 from xcos.data.prepare import cached_pack, subset_folds
+from xcos.evaluation.compiled import embedding_forward
 from xcos.evaluation.evaluator import evaluate_pair_set
 from xcos.evaluation.verification import kfold_accuracy
 from xcos.explain.verifier import Verifier
@@ -89,20 +90,55 @@ def accuracy(scores: np.ndarray, pack: PairSet) -> float:
     return 100 * kfold_accuracy(scores, pack.labels, pack.folds).accuracy
 
 
+def embedding_rate(embed, faces: np.ndarray, batch_size: int) -> float:
+    """Images/s of ``embed`` over ``faces`` (uint8 [N, 3, S, S]), fed as the evaluator feeds
+    it: normalised, channels-last, ``batch_size`` at a time."""
+    start = time.perf_counter()
+    with torch.no_grad():
+        for first in range(0, len(faces), batch_size):
+            chunk = torch.from_numpy(np.array(faces[first : first + batch_size]))
+            chunk = chunk.float().div_(127.5).sub_(1.0)
+            embed(chunk.contiguous(memory_format=torch.channels_last))
+    return len(faces) / (time.perf_counter() - start)
+
+
+def search_batch_size(model, faces: np.ndarray, batches, compiled: bool) -> tuple[int, float]:
+    """The batch size of the highest embedding rate on ``faces``, each candidate warmed up
+    first (for the compiled forward that is its compile); prints each candidate's rate.
+    Returns (batch size, seconds of that batch size's first call)."""
+    rates, first_call = {}, {}
+    for batch_size in batches:
+        embed = embedding_forward(model, compiled, batch_size)
+        _, first_call[batch_size] = timed(embedding_rate, embed, faces[:batch_size], batch_size)
+        rates[batch_size] = embedding_rate(embed, faces, batch_size)
+    best = max(rates, key=rates.get)
+    table = "  ".join(f"{b}: {r:.1f}" for b, r in rates.items())
+    name = "compiled" if compiled else "eager   "
+    print(f"batch search, {name} fp32 images/s  {table}  -> {best}", flush=True)
+    return best, first_call[best]
+
+
 def evaluate(pack_dir: str, args: argparse.Namespace) -> None:
     """Every way on a prepared pack; run in its own process so its peak RSS is its own."""
     pack = read_pack(pack_dir, "lfw")
     model = load_model(args.model, args.config)
     cpu = torch.device("cpu")
+    sample = pack.images[: args.search_sample]
+    eager_batch, _ = search_batch_size(model, sample, args.search, compiled=False)
+    compiled_batch, compile_seconds = search_batch_size(model, sample, args.search, compiled=True)
+    amp = autocast_factory(args.amp, cpu)
     ways = {
-        "original (both per pair, fp32)": lambda: original_way(model, pack, args.batch),
-        "ours (each once, fp32)": lambda: (
-            evaluate_pair_set(model, pack, cpu, batch_size=args.batch).scores
+        f"original (both per pair, fp32, {args.batch})": lambda: original_way(
+            model, pack, args.batch
         ),
-        f"ours (each once, {args.amp})": lambda: (
-            evaluate_pair_set(
-                model, pack, cpu, batch_size=args.batch, autocast=autocast_factory(args.amp, cpu)
-            ).scores
+        f"ours (each once, fp32, {eager_batch})": lambda: (
+            evaluate_pair_set(model, pack, cpu, batch_size=eager_batch).scores
+        ),
+        f"ours (compiled, fp32, {compiled_batch})": lambda: (
+            evaluate_pair_set(model, pack, cpu, batch_size=compiled_batch, compiled=True).scores
+        ),
+        f"ours (each once, {args.amp}, {eager_batch})": lambda: (
+            evaluate_pair_set(model, pack, cpu, batch_size=eager_batch, autocast=amp).scores
         ),
     }
     seconds = {name: [] for name in ways}
@@ -114,7 +150,7 @@ def evaluate(pack_dir: str, args: argparse.Namespace) -> None:
     folds = len(set(pack.folds.tolist()))
     print(f"LFW {len(pack)} pairs, {len(pack.images)} distinct images, {folds} folds")
     model_name = args.config or f"built-in {args.model}"
-    print(f"model: {model_name}; batch {args.batch}; {args.rounds} round(s), median")
+    print(f"model: {model_name}; {args.rounds} round(s), median; way (how, precision, batch)")
     base = statistics.median(seconds[next(iter(ways))])
     for name in ways:
         took = statistics.median(seconds[name])
@@ -124,9 +160,14 @@ def evaluate(pack_dir: str, args: argparse.Namespace) -> None:
             if key in scores[name]
         )
         print(
-            f"{name:<32}{len(pack) / took:8.1f} pairs/s {base / took:6.2f}x  ({took:.1f} s)  "
+            f"{name:<36}{len(pack) / took:8.1f} pairs/s {base / took:6.2f}x  ({took:.1f} s)  "
             + score_text
         )
+    compiled_took = statistics.median(seconds[list(ways)[2]]) + compile_seconds
+    print(
+        f"compiled, with its compile ({compile_seconds:.1f} s) counted: "
+        f"{len(pack) / compiled_took:.1f} pairs/s {base / compiled_took:.2f}x"
+    )
     reference = scores[next(iter(ways))]["xcos"]
     for name in list(ways)[1:]:
         gap = np.abs(scores[name]["xcos"] - reference).max()
@@ -139,7 +180,17 @@ def main() -> None:
     parser.add_argument("--lfw", default=str(Path(__file__).parents[1].parent / "shared/data/lfw"))
     parser.add_argument("--model", default="dlib", help="a built-in model (default dlib)")
     parser.add_argument("--config", help="a config's model, random weights, instead")
-    parser.add_argument("--batch", type=int, default=64, help="images per forward pass")
+    parser.add_argument(
+        "--batch", type=int, default=64, help="images per forward pass, the original's way"
+    )
+    parser.add_argument(
+        "--search",
+        type=int,
+        nargs="+",
+        default=[16, 32, 64, 128],
+        help="batch sizes to measure for our ways (the fastest is used)",
+    )
+    parser.add_argument("--search-sample", type=int, default=512, help="images per search run")
     parser.add_argument("--amp", default="bf16", choices=["bf16", "fp16"])
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--align-sample", type=int, default=200)
@@ -162,6 +213,7 @@ def main() -> None:
     folder = cached_pack(pair_set, aligner, [lfw / "pairs.txt"])
     command = [sys.executable, __file__, "--evaluate", str(folder), "--batch", str(args.batch)]
     command += ["--amp", args.amp, "--rounds", str(args.rounds), "--model", args.model]
+    command += ["--search", *map(str, args.search), "--search-sample", str(args.search_sample)]
     command += ["--config", args.config] if args.config else []
     subprocess.run(command, check=True)
 

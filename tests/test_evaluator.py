@@ -73,3 +73,22 @@ def test_faces_of_another_size_are_refused_not_resized():
         UnalignedImageError, match="holds aligned 16x16 faces, the model takes 32x32"
     ):
         evaluate_pair_set(small_model(), small, CPU)
+
+
+def test_the_compiled_forward_scores_as_the_eager_one_and_follows_new_weights():
+    """``compiled``: torch.compile with frozen weights gives the eager scores, a short last
+    batch included (12 images in batches of 5: padded to 5, padding dropped), and a model
+    whose weights changed since an earlier compiled run is scored with its new weights."""
+    model = small_model()
+    pair_set = array_pair_set()
+    eager = evaluate_pair_set(model, pair_set, CPU, batch_size=5).scores
+    compiled = evaluate_pair_set(model, pair_set, CPU, batch_size=5, compiled=True).scores
+    for key in ("xcos", "cos"):
+        assert np.allclose(compiled[key], eager[key], atol=1e-5)
+    with torch.no_grad():
+        for parameter in model.backbone.parameters():
+            parameter.mul_(-1.5)
+    changed = evaluate_pair_set(model, pair_set, CPU, batch_size=5).scores
+    assert not np.allclose(changed["cos"], eager["cos"], atol=1e-3)  # the change shows
+    recompiled = evaluate_pair_set(model, pair_set, CPU, batch_size=5, compiled=True).scores
+    assert np.allclose(recompiled["cos"], changed["cos"], atol=1e-5)

@@ -182,6 +182,7 @@ class TestConfig:
     batch_size: int = 64
     flip: bool = False
     figures: int = 4
+    compile: bool = False  # embed through torch.compile with frozen weights (evaluation.compiled)
 
 
 @dataclass

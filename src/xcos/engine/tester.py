@@ -49,6 +49,7 @@ def run_test(
             flip=config.test.flip,
             autocast=autocast_factory(config.trainer.amp, device),
             metric_cfgs=config.test.metrics,
+            compiled=config.test.compile,
         )
         summary[pair_set.name] = result.metrics
         write_scores(result, run_dir / "scores" / f"{pair_set.name}.csv")

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from xcos.data.images import to_tensor
 from xcos.data.pair_sets import PairSet
 from xcos.distributed import Distributed
+from xcos.evaluation.compiled import embedding_forward
 from xcos.models.geometry import grid_edges
 from xcos.models.xcos_model import faces_to, select_faces, split_faces
 from xcos.registry import METRICS
@@ -57,6 +58,7 @@ def embed_images(
     autocast: Callable[[], AbstractContextManager] | None = None,
     num_workers: int = 0,
     image_size: int | None = None,
+    compiled: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Descriptors (float32, CPU) of the distinct images of ``pair_set``: ``grid``
     [M, c, h, w] (and ``embedding`` [M, D] for a model scoring ``cos`` on embeddings).
@@ -67,17 +69,22 @@ def embed_images(
     Every image must already be an aligned face of the model's input size: anything else is
     refused up front (``UnalignedImageError`` naming the file and the ``xcos prepare`` command
     that aligns the set), never resized into a silently wrong score.
+
+    ``compiled``: embed through ``torch.compile`` with the weights frozen into the graph
+    (``xcos.evaluation.compiled``): faster where many images are embedded, after a one-time
+    compile.
     """
     size = image_size or model.input_size
     pair_set.check_image_size(size, model.face_template)
+    embed = embedding_forward(model, compiled, batch_size)
     chunks: dict[str, list[torch.Tensor]] = {}
     for images in _batches(pair_set, size, batch_size, num_workers):
         # channels-last: convolutions on CPU (oneDNN) and on CUDA tensor cores run faster in it
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast() if autocast else nullcontext():
-            faces = faces_to(model.embed(images), device)  # float32 before the flip sum
+            faces = faces_to(embed(images), device)  # float32 before the flip sum
             if flip:
-                faces = add_flipped(faces, faces_to(model.embed(images.flip(3)), device))
+                faces = add_flipped(faces, faces_to(embed(images.flip(3)), device))
         for key, value in faces_to(faces, "cpu").items():
             chunks.setdefault(key, []).append(value)
     return {key: torch.cat(values) for key, values in chunks.items()}
@@ -163,6 +170,7 @@ def score_pair_set(
     autocast: Callable[[], AbstractContextManager] | None = None,
     num_workers: int = 0,
     backbone_outputs: dict[str, torch.Tensor] | None = None,
+    compiled: bool = False,
 ) -> dict[str, np.ndarray]:
     """``xcos`` and ``cos`` scores [N] of every pair of ``pair_set`` (model in eval mode)."""
     if len(pair_set) == 0:
@@ -173,7 +181,9 @@ def score_pair_set(
         if backbone_outputs is not None:
             faces = describe_outputs(model, backbone_outputs, device, flip)
         else:
-            faces = embed_images(model, pair_set, device, batch_size, flip, autocast, num_workers)
+            faces = embed_images(
+                model, pair_set, device, batch_size, flip, autocast, num_workers, compiled=compiled
+            )
         return compare_pairs(model, faces, pair_set.pairs, device)
     finally:
         model.train(was_training)
@@ -233,12 +243,14 @@ def evaluate_pair_set(
     num_workers: int = 0,
     backbone_outputs: dict[str, torch.Tensor] | None = None,
     dist: Distributed | None = None,
+    compiled: bool = False,
 ) -> PairSetResult:
     """Embed, compare and score one pair set with every metric for every score key.
 
     ``backbone_outputs``: a frozen backbone's cached outputs for the set's distinct images
     (see ``xcos.engine.features``); then only the head runs. ``dist``: a distributed job
     shares the pairs out and gathers the scores, so the metrics see every pair once.
+    ``compiled``: see ``embed_images``.
     """
     scores = score_sharded(
         dist or Distributed(),
@@ -250,6 +262,7 @@ def evaluate_pair_set(
         flip=flip,
         autocast=autocast,
         num_workers=num_workers,
+        compiled=compiled,
     )
     metrics: dict[str, dict[str, Any]] = {}
     for key in (k for k in (*SCORE_KEYS, *OPTIONAL_SCORE_KEYS) if k in scores):
