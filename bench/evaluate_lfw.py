@@ -1,14 +1,18 @@
 """Evaluation throughput on LFW: the original's way and ours, side by side in one run.
 
 The original forwarded both images of every pair (LFW View 2: 12,000 forwards for 6,000
-pairs), in float32. Ours embeds each distinct image once (7,701 images), channels-last, and
-with ``--amp bf16`` under bfloat16 autocast (oneDNN's bf16 kernels on CPUs that have them;
-fp16/bf16 on CUDA). All ways run in one process on the same aligned pack and model, round
-after round, and the script prints pairs/s of each, the ratio to the original's way, and each
-way's 10-fold accuracy, so that a faster way that loses accuracy shows it.
+pairs), in float32, NCHW. Ours embeds each distinct image once (7,701 images), channels-last:
+eagerly in float32; compiled with frozen weights (``xcos.evaluation.compiled``) in float32; and
+eagerly under ``--amp`` autocast (bfloat16: oneDNN's bf16 kernels on CPUs that have them). Our
+ways' batch sizes are chosen by measurement first (``--search``, on ``--search-sample``
+images; the compiled forward's search is also its compile, whose time is printed and counted
+into a second ratio). Then all ways run in one process on the same aligned pack and model,
+round after round, and the script prints pairs/s of each, the ratio to the original's way, and
+each way's 10-fold accuracy, so that a faster way that loses accuracy shows it.
 
     python bench/evaluate_lfw.py [--lfw ../shared/data/lfw] [--model dlib | --config FILE]
-        [--batch 64] [--rounds 1] [--folds 0 1 ...] [--align-sample 200]
+        [--batch 64] [--search 16 32 64 128] [--search-sample 512] [--rounds 1]
+        [--folds 0 1 ...] [--align-sample 200]
 
 ``--model dlib`` (the default) is the built-in model (dlib's ResNet with xcos's head) on
 dlib's 150 px chips; ``--config`` builds a config's model with random weights instead (its
