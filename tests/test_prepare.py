@@ -131,12 +131,44 @@ def test_alignment_in_worker_threads_keeps_the_order(tmp_path, caplog):
     assert any(r.getMessage().startswith("align: 10 img in ") for r in caplog.records)
 
 
-def test_cached_faces_are_streamed_into_a_memory_mapped_entry(tmp_path):
+def test_cached_faces_are_streamed_into_an_entry_read_row_by_row(tmp_path):
+    from xcos.data.npy_rows import NpyRows
     from xcos.data.prepare import cached_faces
 
     write_csv_set(tmp_path, count=7)
     paths = [tmp_path / f"{k}.png" for k in range(7)]
     faces, key = cached_faces(paths, CentreCropAligner(), tmp_path / "cache", batch_size=2)
-    assert isinstance(faces, np.memmap) and faces.shape == (7, 3, 16, 16)
-    np.testing.assert_array_equal(faces, np.stack([shrunk(p).transpose(2, 0, 1) for p in paths]))
+    assert isinstance(faces, NpyRows) and faces.shape == (7, 3, 16, 16) and len(faces) == 7
+    expected = np.stack([shrunk(p).transpose(2, 0, 1) for p in paths])
+    np.testing.assert_array_equal(np.stack([faces[i] for i in range(7)]), expected)
     assert sorted(p.name for p in (tmp_path / "cache" / "faces").iterdir()) == [f"{key}.npy"]
+    again, same_key = cached_faces(paths, CentreCropAligner(), tmp_path / "cache")
+    assert same_key == key and np.array_equal(again[6], expected[6])
+
+
+def test_npy_rows_read_what_numpy_wrote_and_refuse_what_is_not_rows(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from xcos.data.npy_rows import NpyRows
+    from xcos.errors import DataError
+
+    array = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3)
+    np.save(tmp_path / "a.npy", array)
+    rows = NpyRows(tmp_path / "a.npy")
+    assert rows.shape == (5, 2, 3) and rows.dtype == np.float32
+    assert np.array_equal(rows[4], array[4]) and np.array_equal(rows[-1], array[4])
+    with ThreadPoolExecutor(4) as pool:  # pread: no shared file position between threads
+        read = list(pool.map(lambda i: rows[i % 5], range(200)))
+    assert all(np.array_equal(r, array[i % 5]) for i, r in enumerate(read))
+    assert np.array_equal(pickle.loads(pickle.dumps(rows))[2], array[2])
+    with pytest.raises(IndexError, match="row 5 of 5"):
+        rows[5]
+    np.save(tmp_path / "f.npy", np.asfortranarray(array))
+    np.save(tmp_path / "s.npy", np.float32(3.0))
+    (tmp_path / "t.npy").write_bytes((tmp_path / "a.npy").read_bytes()[:-8])
+    (tmp_path / "x.npy").write_bytes(b"not numpy")
+    for name, message in [("f", "C-ordered"), ("s", "C-ordered"), ("t", "cut short")]:
+        with pytest.raises(DataError, match=message):
+            NpyRows(tmp_path / f"{name}.npy")
+    with pytest.raises(DataError, match=r"not a \.npy array file"):
+        NpyRows(tmp_path / "x.npy")

@@ -17,6 +17,7 @@ import numpy as np
 
 from xcos.data.image_folder import DataError, IdentityPairs
 from xcos.data.lfw import lfw_image_path, read_lfw_people
+from xcos.data.npy_rows import NpyRows
 from xcos.data.pair_sets import lfw_alignment
 from xcos.registry import DATASETS
 
@@ -181,8 +182,9 @@ def images_folder(people: Path, images: str | None) -> Path:
 
 def aligned_faces(
     paths: list[Path], align: dict[str, Any] | None, where: str
-) -> tuple[np.ndarray, str]:
-    """Faces [M, 3, S, S] of ``paths`` aligned with ``align`` settings, through the cache."""
+) -> tuple[NpyRows, str]:
+    """Faces [M, 3, S, S] of ``paths`` aligned with ``align`` settings, through the cache
+    (rows read on demand)."""
     from xcos.data.aligners import make_aligner
     from xcos.data.prepare import cached_faces
 

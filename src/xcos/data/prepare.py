@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from xcos.cache import cache_root
+from xcos.data.npy_rows import NpyRows
 from xcos.data.pack import write_pack
 from xcos.data.pair_sets import PairSet
 from xcos.errors import DataError
@@ -210,9 +211,10 @@ def cached_faces(
     aligner: Any,
     cache_dir: str | Path | None = None,
     batch_size: int = ALIGN_BATCH,
-) -> tuple[np.ndarray, str]:
-    """Aligned faces uint8 [M, 3, S, S] of image files (memory-mapped from the cache) and the
-    cache key; the key hashes every image's bytes and the alignment settings."""
+) -> tuple[NpyRows, str]:
+    """Aligned faces uint8 [M, 3, S, S] of image files (rows read from the cache file on
+    demand, never all in memory: ``NpyRows``) and the cache key; the key hashes every image's
+    bytes and the alignment settings."""
     cache = cache_root(cache_dir)
     digest = hashlib.sha256()
     for path in paths:
@@ -231,4 +233,4 @@ def cached_faces(
                     header = {"descr": "|u1", "fortran_order": False, "shape": shape}
                     np.lib.format.write_array_header_1_0(stream, header)
                 stream.write(np.ascontiguousarray(chunk, dtype=np.uint8).tobytes())
-    return np.load(target, mmap_mode="r"), key
+    return NpyRows(target), key
