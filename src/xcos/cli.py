@@ -460,7 +460,7 @@ def synth_command(args: argparse.Namespace) -> int:
 
 
 def prepare_command(args: argparse.Namespace) -> int:
-    from xcos.data.pair_sets import load_pair_set
+    from xcos.data.pair_set_specs import load_pair_set
     from xcos.data.prepare import prepare_pack, subset_folds
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
