@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from tests.conftest import REPO
-from xcos import cli
-from xcos.cli import build_parser, classic_parser, main, parse_arguments
+from xcos.cli import main, program
+from xcos.cli.program import build_parser, classic_parser, parse_arguments
 from xcos.version import __version__
 
 COMMANDS = [
@@ -50,7 +50,7 @@ def terminal_80_columns(monkeypatch):
 
 def test_every_command_has_a_short_help():
     helps = command_helps()
-    assert list(helps) == COMMANDS == list(cli.COMMANDS)
+    assert list(helps) == COMMANDS == list(program.COMMANDS)
     for name, help_text in helps.items():
         assert help_text and "\n" not in help_text, name
 

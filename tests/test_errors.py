@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import xcos.cli
+import xcos.cli.program
 from tests.conftest import DEMO_CONFIG, REPO, MaliciousPayload
 from xcos.cli import main
 from xcos.errors import CheckpointError, CheckpointNotFoundError, XcosError
@@ -94,7 +94,7 @@ def test_any_other_exception_is_a_bug_and_propagates(monkeypatch, error):
     def dispatch(args):
         raise error
 
-    monkeypatch.setattr(xcos.cli, "dispatch", dispatch)
+    monkeypatch.setattr(xcos.cli.program, "dispatch", dispatch)
     with pytest.raises(type(error)) as raised:
         main(["test", "-tc", "missing.json"])
     assert raised.value is error
@@ -104,7 +104,7 @@ def test_a_project_error_from_anywhere_is_a_user_error(monkeypatch, capsys):
     def dispatch(args):
         raise CheckpointError("-p 'w.pth': not a PyTorch checkpoint (test)")
 
-    monkeypatch.setattr(xcos.cli, "dispatch", dispatch)
+    monkeypatch.setattr(xcos.cli.program, "dispatch", dispatch)
     assert main(["test", "-tc", "missing.json"]) == 2
     assert capsys.readouterr().err == "error: -p 'w.pth': not a PyTorch checkpoint (test)\n"
 

@@ -30,9 +30,7 @@ LAYERS = [
     {"engine"},
     {"recipes"},
     {"serve"},
-    {"cli", "cli_pack", "cli_recognizers", "cli_report", "cli_export", "cli_serve"}
-    | {"cli_args"}
-    | {"__main__", "__init__"},
+    {"cli", "__main__", "__init__"},
 ]
 LEVEL = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from xcos.cli_args import BUILTIN_HELP, max_pixels_argument, model_verifier
-from xcos.cli_export import add_export_parser, export_command
-from xcos.cli_pack import add_pack_parser, pack_command
-from xcos.cli_recognizers import (
+from xcos.cli.common import BUILTIN_HELP, max_pixels_argument, model_verifier
+from xcos.cli.export import add_export_parser, export_command
+from xcos.cli.import_ import (
     add_import_parser,
     add_protocol_parser,
     import_command,
     protocol_command,
 )
-from xcos.cli_report import add_report_parser, decision_arguments, report_command
-from xcos.cli_serve import add_serve_parser, serve_command
+from xcos.cli.pack import add_pack_parser, pack_command
+from xcos.cli.report import add_report_parser, decision_arguments, report_command
+from xcos.cli.serve import add_serve_parser, serve_command
 from xcos.config import Config, ConfigError, config_diff, load_config, merge_layers
 from xcos.errors import XcosError
 from xcos.version import package_version

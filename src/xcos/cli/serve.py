@@ -7,7 +7,7 @@ import ipaddress
 import logging
 import os
 
-from xcos.cli_args import (
+from xcos.cli.common import (
     BUILTIN_HELP,
     max_pixels_argument,
     model_verifier,
