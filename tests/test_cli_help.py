@@ -1,6 +1,7 @@
 """The command line introduces itself: the command list, help on every argument, the version."""
 
 import argparse
+import importlib
 import re
 import subprocess
 import sys
@@ -106,6 +107,27 @@ def test_every_argument_of_every_command_has_help():
     assert missing == []
 
 
+def test_every_command_module_is_in_the_table():
+    package = REPO / "src" / "xcos" / "cli"
+    helpers = {"__init__", "program", "common", "runs"}
+    modules = sorted(path.stem for path in package.glob("*.py") if path.stem not in helpers)
+    commands = [importlib.import_module(f"xcos.cli.{name}").COMMAND for name in modules]
+    in_order = sorted(commands, key=lambda command: COMMANDS.index(command.name))
+    assert in_order == list(program.COMMANDS.values())
+
+
+def test_debug_is_declared_once_and_every_command_takes_it():
+    declared = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "src" / "xcos").rglob("*.py"))
+        if '"--debug"' in path.read_text()
+    ]
+    assert declared == ["src/xcos/cli/common.py"]
+    commands = [*walk(build_parser())][1:]
+    for parser in [*commands, classic_parser()]:
+        assert parser._option_string_actions["--debug"].help, parser.prog
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
@@ -123,7 +145,12 @@ def test_classic_form_still_parses():
     ("entry", "args", "status", "expected"),
     [
         (["-m", "xcos"], ["--help"], 0, "usage: xcos [-h] [--version] <command> ...\n"),
-        (["-m", "xcos"], ["train", "--help"], 0, "usage: xcos train [-h] -tc TEMPLATE_CONFIG"),
+        (
+            ["-m", "xcos"],
+            ["train", "--help"],
+            0,
+            "usage: xcos train [-h] [--debug] -tc TEMPLATE_CONFIG",
+        ),
         (["-m", "xcos"], ["--version"], 0, f"xcos {__version__}\n"),
         (["main.py"], ["--version"], 0, f"xcos {__version__}\n"),
         (["-m", "xcos"], [], 2, "usage: xcos [-h] [--version] <command> ...\n"),
