@@ -21,7 +21,6 @@ from xcos.errors import ConfigError
 API_KEY_ENV = "XCOS_API_KEY"
 LOOPBACK_NAMES = ("localhost",)
 
-
 DESCRIPTION = (
     "Serve a model over HTTP: POST /api/v1/verify (multipart image_a, image_b), GET "
     "/api/v1/health, GET /api/v1/model, the page at / and the API docs at /docs. Binds to "
