@@ -1,17 +1,17 @@
 """The command line introduces itself: the command list, help on every argument, the version."""
 
 import argparse
+import importlib
 import re
 import subprocess
 import sys
-from importlib import metadata
 
 import pytest
 
-import xcos
 from tests.conftest import REPO
-from xcos import cli
-from xcos.cli import build_parser, classic_parser, main, parse_arguments
+from xcos.cli import main, program
+from xcos.cli.program import build_parser, classic_parser, parse_arguments
+from xcos.version import __version__
 
 COMMANDS = [
     "train",
@@ -51,7 +51,7 @@ def terminal_80_columns(monkeypatch):
 
 def test_every_command_has_a_short_help():
     helps = command_helps()
-    assert list(helps) == COMMANDS == list(cli.COMMANDS)
+    assert list(helps) == COMMANDS == list(program.COMMANDS)
     for name, help_text in helps.items():
         assert help_text and "\n" not in help_text, name
 
@@ -107,19 +107,32 @@ def test_every_argument_of_every_command_has_help():
     assert missing == []
 
 
+def test_every_command_module_is_in_the_table():
+    package = REPO / "src" / "xcos" / "cli"
+    helpers = {"__init__", "program", "common", "runs"}
+    modules = sorted(path.stem for path in package.glob("*.py") if path.stem not in helpers)
+    commands = [importlib.import_module(f"xcos.cli.{name}").COMMAND for name in modules]
+    in_order = sorted(commands, key=lambda command: COMMANDS.index(command.name))
+    assert in_order == list(program.COMMANDS.values())
+
+
+def test_debug_is_declared_once_and_every_command_takes_it():
+    declared = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "src" / "xcos").rglob("*.py"))
+        if '"--debug"' in path.read_text()
+    ]
+    assert declared == ["src/xcos/cli/common.py"]
+    commands = [*walk(build_parser())][1:]
+    for parser in [*commands, classic_parser()]:
+        assert parser._option_string_actions["--debug"].help, parser.prog
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0
-    assert capsys.readouterr().out == f"xcos {metadata.version('xcos')}\n"
-
-
-def test_version_without_installed_metadata(monkeypatch):
-    def not_installed(name):
-        raise metadata.PackageNotFoundError(name)
-
-    monkeypatch.setattr(metadata, "version", not_installed)
-    assert cli.package_version() == xcos.__version__
+    assert capsys.readouterr().out == f"xcos {__version__}\n"
 
 
 def test_classic_form_still_parses():
@@ -132,9 +145,14 @@ def test_classic_form_still_parses():
     ("entry", "args", "status", "expected"),
     [
         (["-m", "xcos"], ["--help"], 0, "usage: xcos [-h] [--version] <command> ...\n"),
-        (["-m", "xcos"], ["train", "--help"], 0, "usage: xcos train [-h] -tc TEMPLATE_CONFIG"),
-        (["-m", "xcos"], ["--version"], 0, f"xcos {metadata.version('xcos')}\n"),
-        (["main.py"], ["--version"], 0, f"xcos {metadata.version('xcos')}\n"),
+        (
+            ["-m", "xcos"],
+            ["train", "--help"],
+            0,
+            "usage: xcos train [-h] [--debug] -tc TEMPLATE_CONFIG",
+        ),
+        (["-m", "xcos"], ["--version"], 0, f"xcos {__version__}\n"),
+        (["main.py"], ["--version"], 0, f"xcos {__version__}\n"),
         (["-m", "xcos"], [], 2, "usage: xcos [-h] [--version] <command> ...\n"),
         (["main.py"], [], 2, "usage: xcos [-h] [--version] <command> ...\n"),
     ],

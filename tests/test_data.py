@@ -6,7 +6,8 @@ from PIL import Image
 
 from xcos.data.image_folder import DataError, ImageFolderPairs
 from xcos.data.images import BadImageError, UnalignedImageError, read_rgb, to_image, to_tensor
-from xcos.data.pair_sets import load_pair_set, read_pair_csv
+from xcos.data.pair_set_specs import load_pair_set
+from xcos.data.pair_sets import read_pair_csv
 
 
 def write_faces(root, counts, size=16):
@@ -151,9 +152,9 @@ def test_pair_set_backed_by_an_array_of_aligned_faces():
 
 def test_pair_set_format_is_chosen_by_extension(monkeypatch):
     from tests.conftest import require_shared
-    from xcos.data import pair_sets
+    from xcos.data import pair_set_specs
 
-    monkeypatch.setattr(pair_sets, "ALIGNED_BY_DEFAULT", set())  # reading only, no alignment
+    monkeypatch.setattr(pair_set_specs, "ALIGNED_BY_DEFAULT", set())  # reading only, no alignment
     pairs = require_shared("data/lfw/pairs.txt")
     pair_set = load_pair_set(str(pairs), "test.pair_sets.0")
     assert pair_set.name == "lfw" and len(pair_set) == 6000 and len(pair_set.images) == 7701

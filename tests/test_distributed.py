@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 from tests.conftest import DEMO_CONFIG, REPO, tiny_overrides
 from xcos.config import load_config
-from xcos.data.pair_sets import load_pair_set
+from xcos.data.pair_set_specs import load_pair_set
 from xcos.distributed import Distributed, init_distributed, shutdown_distributed
 from xcos.engine.features import compute_backbone_outputs
 from xcos.engine.loading import EpochSampler

@@ -201,7 +201,7 @@ def test_prepare_with_the_dlib_aligner(dlib, images, aligner, tmp_path, capsys):
 
 
 def test_pair_set_align_setting_picks_the_dlib_aligner(dlib, images, tmp_path, monkeypatch):
-    from xcos.data.pair_sets import load_pair_set
+    from xcos.data.pair_set_specs import load_pair_set
 
     monkeypatch.setenv("XCOS_CACHE", str(tmp_path / "cache"))
     csv = write_pairs(tmp_path, images)

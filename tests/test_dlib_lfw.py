@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.conftest import reference_kfold, require_dlib_weights, require_shared
-from xcos.data.pair_sets import load_pair_set
+from xcos.data.pair_set_specs import load_pair_set
 from xcos.data.prepare import subset_folds
 from xcos.evaluation.verification import kfold_accuracy
 

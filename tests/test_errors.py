@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import os
 import pickle
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import xcos.cli
 from tests.conftest import DEMO_CONFIG, REPO, MaliciousPayload
 from xcos.cli import main
+from xcos.cli.program import COMMANDS
 from xcos.errors import CheckpointError, CheckpointNotFoundError, XcosError
 from xcos.weights_io import read_weights
 
@@ -80,6 +81,12 @@ def test_an_xcos_error_is_one_line_with_status_2(tmp_path, monkeypatch, capsys, 
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+def failing_test_command(monkeypatch, run) -> None:
+    """``xcos test`` runs ``run`` instead (its options and parser are left as they are)."""
+    command = COMMANDS["test"]
+    monkeypatch.setitem(COMMANDS, "test", dataclasses.replace(command, run=run))
+
+
 @pytest.mark.parametrize(
     "error",
     [
@@ -91,20 +98,20 @@ def test_an_xcos_error_is_one_line_with_status_2(tmp_path, monkeypatch, capsys, 
     ],
 )
 def test_any_other_exception_is_a_bug_and_propagates(monkeypatch, error):
-    def dispatch(args):
+    def run(args):
         raise error
 
-    monkeypatch.setattr(xcos.cli, "dispatch", dispatch)
+    failing_test_command(monkeypatch, run)
     with pytest.raises(type(error)) as raised:
         main(["test", "-tc", "missing.json"])
     assert raised.value is error
 
 
 def test_a_project_error_from_anywhere_is_a_user_error(monkeypatch, capsys):
-    def dispatch(args):
+    def run(args):
         raise CheckpointError("-p 'w.pth': not a PyTorch checkpoint (test)")
 
-    monkeypatch.setattr(xcos.cli, "dispatch", dispatch)
+    failing_test_command(monkeypatch, run)
     assert main(["test", "-tc", "missing.json"]) == 2
     assert capsys.readouterr().err == "error: -p 'w.pth': not a PyTorch checkpoint (test)\n"
 

@@ -477,7 +477,7 @@ def test_read_pack_disagreements_and_corruption(pack):
 
 
 def test_pack_faces_are_never_resized_for_another_model(pack):
-    from xcos.data.pair_sets import load_pair_set
+    from xcos.data.pair_set_specs import load_pair_set
 
     pair_set = load_pair_set(str(pack), "test.pair_sets.0")
     assert pair_set.source == str(pack) and pair_set.image(0, 8).shape == (8, 8, 3)

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from tests.conftest import DEMO_CONFIG, REPO, tiny_overrides
-from xcos.cli import main, resolve_resume
+from xcos.cli import main
+from xcos.cli.train import resolve_resume
 from xcos.engine.checkpoint import save_checkpoint
 
 KILL_WORKER = REPO / "tests" / "helpers" / "kill_worker.py"

@@ -16,8 +16,7 @@ from xcos.registry import (
     SCHEDULERS,
     TARGETS,
 )
-
-__version__ = "0.1.0"
+from xcos.version import __version__ as __version__  # the one place it is written
 
 
 def __getattr__(name: str):

@@ -234,47 +234,8 @@ def _check_images_exist(images: list[str], source: Path) -> None:
         )
 
 
-def load_pair_set(spec: str | dict[str, Any], path: str = "pair_sets") -> PairSet:
-    """Read a pair set from a path (reader chosen by extension) or a dict with a ``type``.
-
-    With ``align`` (default for LFW lists only), the images are aligned through the pack
-    cache. Otherwise they are used as they are, so they must already be aligned faces of the
-    model's input size: the evaluator checks that (``PairSet.check_image_size``) and refuses
-    anything else, naming the ``xcos prepare`` command that aligns the set.
-    """
-    location = spec if isinstance(spec, str) else spec.get("path")
-    if isinstance(location, str) and not Path(location).exists():
-        raise DataError(
-            f"{path}: {location!r} does not exist. Set {path} to a verification pair set: a CSV "
-            "with header path_a,path_b,label[,fold] (paths relative to the CSV's folder), an "
-            "LFW pairs .txt, an InsightFace .bin, or a <name>.pack folder from `xcos prepare`"
-        )
-    if isinstance(spec, str):
-        suffix = Path(spec).suffix.lower()
-        readers = {".csv": "csv", ".txt": "lfw", ".bin": "insightface_bin", ".pack": "pack"}
-        if suffix not in readers:
-            raise DataError(
-                f"{path}: cannot tell the format of {spec!r}; known extensions: "
-                f"{', '.join(readers)} (or give an object with a 'type': "
-                f"{', '.join(PAIR_SETS.names())})"
-            )
-        spec = {"type": readers[suffix], "path": spec}
-    align = spec.get("align", spec["type"] in ALIGNED_BY_DEFAULT)
-    if spec["type"] == "lfw" and isinstance(align, dict):
-        align = lfw_alignment(align)  # LFW's settings, unless the spec says otherwise
-    pair_set = PAIR_SETS.build(spec, path, own_keys=("align",))
-    if align and not isinstance(pair_set.images, np.ndarray):
-        pair_set = aligned_through_cache(pair_set, align, [Path(spec["path"])], f"{path}.align")
-    if isinstance(spec.get("path"), str):
-        pair_set.source = spec["path"]
-    return pair_set
-
-
 #: The side of the faces each alignment template makes by default (``xcos prepare --template``).
 TEMPLATE_SIZES = {"arcface": 112, "dlib": 150}
-# Readers whose images are never aligned crops (LFW ships 250x250 deep-funneled photos): their
-# images are detected, aligned and cached as a pack unless the spec says "align": false.
-ALIGNED_BY_DEFAULT = {"lfw"}
 #: MTCNN's smallest face for LFW's 250 x 250 photos, whose faces are 80-150 px wide: the
 #: default image pyramid (20 px, factor 0.709) without its three largest scales, which search
 #: for faces under 56 px and cost most of the detection time. The scales that remain are the
@@ -292,17 +253,3 @@ def lfw_alignment(align: dict[str, Any] | None) -> dict[str, Any]:
     if settings.get("aligner", "mtcnn") != "mtcnn" and "min_face_size" not in (align or {}):
         del settings["min_face_size"]  # dlib's detector has no image pyramid setting
     return settings
-
-
-def aligned_through_cache(
-    pair_set: PairSet, align: bool | dict[str, Any], sources: list[Path], path: str
-) -> PairSet:
-    """The pair set with every image aligned (MTCNN, or dlib with ``"aligner": "dlib"``),
-    from the pack cache when possible."""
-    from xcos.data.aligners import make_aligner
-    from xcos.data.pack import read_pack
-    from xcos.data.prepare import cached_pack
-
-    settings = dict(LFW_ALIGNMENT) if align is True else dict(align)
-    folder = cached_pack(pair_set, make_aligner(settings, path), sources)
-    return read_pack(str(folder), pair_set.name)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from xcos.config import Config
-from xcos.data.pair_sets import load_pair_set
+from xcos.data.pair_set_specs import load_pair_set
 from xcos.errors import ConfigError
 from xcos.evaluation.evaluator import PairSetResult, evaluate_pair_set, explain_pairs, pick_examples
 from xcos.evaluation.roc import roc_figure, roc_points

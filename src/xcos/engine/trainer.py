@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from xcos.config import Config, ConfigError
 from xcos.data.image_folder import IdentityPairs
-from xcos.data.pair_sets import load_pair_set
+from xcos.data.pair_set_specs import load_pair_set
 from xcos.distributed import Distributed
 from xcos.engine.checkpoint import load_checkpoint, save_checkpoint
 from xcos.engine.effect_targets import with_effect_targets

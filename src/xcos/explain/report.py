@@ -26,7 +26,8 @@ def pair_set_for_model(path: str, model: torch.nn.Module, where: str = "--pairs"
     template and input size), through the pack cache. Other sets must already hold aligned
     faces of the model's input size: a CSV of photos (or a pack made for another model) is
     refused here, before any scoring, with the ``xcos prepare`` command that aligns it."""
-    from xcos.data.pair_sets import LFW_ALIGNMENT, load_pair_set
+    from xcos.data.pair_set_specs import load_pair_set
+    from xcos.data.pair_sets import LFW_ALIGNMENT
 
     spec: str | dict = path
     if Path(path).suffix.lower() == ".txt":

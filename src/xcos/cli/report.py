@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from xcos.cli.common import Command, decision_arguments
 
-def add_report_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "report",
-        help="HTML report of a model's errors on a pair set",
-        description="Write a static HTML report of a model's worst errors and a sample of "
-        "its correct decisions on a pair set, each with its explanation figure.",
-    )
+DESCRIPTION = (
+    "Write a static HTML report of a model's worst errors and a sample of its correct "
+    "decisions on a pair set, each with its explanation figure."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
     parser.add_argument("--pairs", required=True, help="a pair set: .pack, .csv, .bin or LFW .txt")
     parser.add_argument("--out", required=True, help="the report folder (index.html, figures/)")
@@ -20,22 +21,8 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
     decision_arguments(parser)
 
 
-def decision_arguments(parser: argparse.ArgumentParser) -> None:
-    """What `xcos explain` and `xcos report` share: the threshold, the figure layout, the
-    device and --debug."""
-    parser.add_argument("--threshold", type=float, help="decision threshold on the xCos score")
-    parser.add_argument("--metrics", help="take the threshold from a test run's metrics.json")
-    parser.add_argument(
-        "--layout",
-        choices=("paper", "overlay"),
-        default="paper",
-        help="figure layout: faces and maps side by side, or the maps over the faces",
-    )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-
-
-def report_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Score the pair set, write the page and its figures, print where it is."""
     from xcos.explain.report import pair_set_for_model, write_report
     from xcos.explain.verifier import Verifier
 
@@ -54,3 +41,8 @@ def report_command(args: argparse.Namespace) -> int:
     )
     print(f"report: {page} ({len(pair_set)} pairs, threshold {threshold:.4f})")
     return 0
+
+
+COMMAND = Command(
+    "report", "HTML report of a model's errors on a pair set", DESCRIPTION, add_arguments, run
+)

@@ -7,8 +7,9 @@ import ipaddress
 import logging
 import os
 
-from xcos.cli_args import (
+from xcos.cli.common import (
     BUILTIN_HELP,
+    Command,
     max_pixels_argument,
     model_verifier,
     non_negative_float,
@@ -20,15 +21,14 @@ from xcos.errors import ConfigError
 API_KEY_ENV = "XCOS_API_KEY"
 LOOPBACK_NAMES = ("localhost",)
 
+DESCRIPTION = (
+    "Serve a model over HTTP: POST /api/v1/verify (multipart image_a, image_b), GET "
+    "/api/v1/health, GET /api/v1/model, the page at / and the API docs at /docs. Binds to "
+    "127.0.0.1 unless told otherwise; another address needs an API key."
+)
 
-def add_serve_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "serve",
-        help="serve a model over HTTP: an API and a page",
-        description="Serve a model over HTTP: POST /api/v1/verify (multipart image_a, "
-        "image_b), GET /api/v1/health, GET /api/v1/model, the page at / and the API docs at "
-        "/docs. Binds to 127.0.0.1 unless told otherwise; another address needs an API key.",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_mutually_exclusive_group()
     model.add_argument("-p", "--pretrained", help=BUILTIN_HELP)
     model.add_argument("--onnx", help="a model exported by `xcos export --onnx` (onnxruntime)")
@@ -70,7 +70,6 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, help="decision threshold on the xCos score")
     parser.add_argument("--metrics", help="take the threshold from a test run's metrics.json")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
 def is_loopback(host: str) -> bool:
@@ -83,7 +82,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Refuse an address other than loopback without an API key; load the model and serve
+    it until interrupted."""
     import uvicorn
 
     from xcos.explain.verifier import Verifier
@@ -127,3 +128,8 @@ def serve_command(args: argparse.Namespace) -> int:
         limit_concurrency=args.max_connections,
     )
     return 0
+
+
+COMMAND = Command(
+    "serve", "serve a model over HTTP: an API and a page", DESCRIPTION, add_arguments, run
+)

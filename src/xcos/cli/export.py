@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from xcos.cli.common import Command
+
 DESCRIPTION = (
     "Export the backbone and the xCos head of a checkpoint to ONNX (dynamic batch): inputs "
     "faces_a, faces_b [N, 3, S, S], outputs xcos, cos [N] and patch_cosine, attention, "
@@ -15,10 +17,7 @@ DESCRIPTION = (
 )
 
 
-def add_export_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "export", help="export a checkpoint to ONNX for onnxruntime", description=DESCRIPTION
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--pretrained", required=True, help="an xcos checkpoint")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--onnx", help="the ONNX file to write (e.g. model.onnx)")
@@ -37,16 +36,15 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metrics", help="store the threshold of a test run's metrics.json instead"
     )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
-def export_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Export, check and write; one summary line. Errors are ``XcosError`` (exit 2)."""
     from xcos.explain.onnx import export_onnx
     from xcos.explain.verifier import Verifier
 
     if args.builtin:
-        return builtin_command(args)
+        return write_builtin_model(args)
     start = time.perf_counter()
     verifier = Verifier.from_checkpoint(args.pretrained, args.threshold, args.metrics, "cpu")
     report = export_onnx(verifier, args.onnx, opset=args.opset)
@@ -64,7 +62,7 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def builtin_command(args: argparse.Namespace) -> int:
+def write_builtin_model(args: argparse.Namespace) -> int:
     from xcos.errors import ConfigError
     from xcos.explain.builtin import write_builtin
 
@@ -73,3 +71,8 @@ def builtin_command(args: argparse.Namespace) -> int:
     path = write_builtin(args.pretrained, args.builtin, args.trained_on)
     print(f"{path}: built-in model, {path.stat().st_size / 2**10:.0f} KiB")
     return 0
+
+
+COMMAND = Command(
+    "export", "export a checkpoint to ONNX for onnxruntime", DESCRIPTION, add_arguments, run
+)

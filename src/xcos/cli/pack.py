@@ -7,15 +7,16 @@ import argparse
 import logging
 import time
 
+from xcos.cli.common import Command
 
-def add_pack_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "pack",
-        help="pack an image or RecordIO folder into training shards",
-        description="Decode an identity image folder, or an InsightFace RecordIO folder "
-        "(train.rec, train.idx, property), once into memory-mappable training shards (read by "
-        "data.train type shard_pairs).",
-    )
+DESCRIPTION = (
+    "Decode an identity image folder, or an InsightFace RecordIO folder (train.rec, train.idx, "
+    "property), once into memory-mappable training shards (read by data.train type "
+    "shard_pairs)."
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--images",
         required=True,
@@ -31,10 +32,9 @@ def add_pack_parser(commands: argparse._SubParsersAction) -> None:
         help="drop undecodable images (counted in the manifest) instead of stopping",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing shards")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
 
 
-def pack_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Write the shards and print one summary line; errors are ``DataError`` (exit 2)."""
     from xcos.data.shards import ShardStore, write_shards
 
@@ -61,3 +61,8 @@ def pack_command(args: argparse.Namespace) -> int:
         + (f", {skipped} unreadable image(s) skipped" if skipped else "")
     )
     return 0
+
+
+COMMAND = Command(
+    "pack", "pack an image or RecordIO folder into training shards", DESCRIPTION, add_arguments, run
+)

@@ -1,10 +1,34 @@
-"""Argument types and options shared by several ``xcos`` commands (torch-free)."""
+"""What the ``xcos`` commands share (torch-free): what a command is (``Command``), the options
+every command takes (``shared_options``), argument types, and options of several commands."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from xcos.data.limits import DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``xcos`` command: its name and one-line ``help`` (``xcos --help``), its
+    ``description`` (``xcos <name> --help``), what adds its options to its parser, and what
+    runs it, returning the exit status."""
+
+    name: str
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    formatter_class: type[argparse.HelpFormatter] = argparse.HelpFormatter
+
+
+def shared_options() -> argparse.ArgumentParser:
+    """The options every command takes, as an argparse parent parser (``parents=[...]``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return parser
 
 
 def positive_int(text: str) -> int:
@@ -40,6 +64,20 @@ def max_pixels_argument(parser: argparse.ArgumentParser) -> None:
         help="refuse images of more pixels, from their header, before decoding them "
         f"(default: {DEFAULT_MAX_PIXELS})",
     )
+
+
+def decision_arguments(parser: argparse.ArgumentParser) -> None:
+    """What ``xcos explain`` and ``xcos report`` share: the threshold, the figure layout and
+    the device."""
+    parser.add_argument("--threshold", type=float, help="decision threshold on the xCos score")
+    parser.add_argument("--metrics", help="take the threshold from a test run's metrics.json")
+    parser.add_argument(
+        "--layout",
+        choices=("paper", "overlay"),
+        default="paper",
+        help="figure layout: faces and maps side by side, or the maps over the faces",
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
 
 
 BUILTIN_HELP = (
