@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader, Dataset
 from xcos.data.images import to_tensor
 from xcos.data.pair_sets import PairSet
 from xcos.distributed import Distributed
-from xcos.models.geometry import grid_edges
 from xcos.models.xcos_model import descriptors_to, select_descriptors, split_descriptors
 from xcos.registry import METRICS
 
+#: The scores of a compared pair, [N] per batch of pairs.
 SCORE_KEYS = ("xcos", "cos")
 #: Scores a model gives only in some settings: ``head_xcos``, a calibrated head's own weighted
 #: sum (``model.calibrate``, where ``xcos`` is the recognizer's cosine).
@@ -287,43 +287,10 @@ def compare_images(
 @torch.no_grad()
 def compare_faces(
     model: torch.nn.Module, faces: Sequence[np.ndarray], device: torch.device
-) -> dict[str, torch.Tensor]:
-    """``compare_images`` of RGB uint8 faces given as A, B, A, B, ...: one embedding pass."""
+) -> dict[str, np.ndarray]:
+    """``compare_images`` of RGB uint8 faces [S, S, 3] given as A, B, A, B, ... in one
+    embedding pass: ``SCORE_KEYS`` [N] and ``MAP_KEYS`` [N, h, w] as float32 numpy arrays
+    (what a Verifier's scorer and an ``Explanation`` read)."""
     batch = torch.stack([to_tensor(face) for face in faces]).to(device)
-    return compare_images(model, batch[0::2], batch[1::2])
-
-
-@torch.no_grad()
-def explain_pairs(
-    model: torch.nn.Module,
-    pair_set: PairSet,
-    indices: Sequence[int],
-    device: torch.device,
-    image_size: int | None = None,
-) -> list[dict[str, Any]]:
-    """For each pair index: faces [S, S, 3], maps [h, w] (``MAP_KEYS``), scores, and the
-    cells' pixel ``edges`` [h + 1] on the faces (``geometry.grid_edges``), as numpy values
-    (for figures and logs)."""
-    if not indices:
-        return []
-    was_training = model.training
-    model.eval()
-    try:
-        size = image_size or model.input_size
-        faces = [pair_set.image(j, size) for i in indices for j in pair_set.pairs[i]]
-        out = compare_faces(model, faces, device)
-    finally:
-        model.train(was_training)
-    edges = grid_edges(model.backbone, size)
-    return [
-        {
-            "pair": index,
-            "face_a": faces[2 * k],
-            "face_b": faces[2 * k + 1],
-            "label": int(pair_set.labels[index]),
-            **{key: out[key][k].float().cpu().numpy() for key in MAP_KEYS},
-            **{key: float(out[key][k]) for key in SCORE_KEYS},
-            "edges": edges,
-        }
-        for k, index in enumerate(indices)
-    ]
+    compared = compare_images(model, batch[0::2], batch[1::2])
+    return {key: compared[key].float().cpu().numpy() for key in SCORE_KEYS + MAP_KEYS}

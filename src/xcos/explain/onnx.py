@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from xcos.errors import CheckpointError, CheckpointNotFoundError, ConfigError, SetupError
-from xcos.evaluation.evaluator import compare_images
-from xcos.explain.verifier import MAP_KEYS, SCORE_KEYS, Verifier
+from xcos.evaluation.evaluator import MAP_KEYS, SCORE_KEYS, compare_images
+from xcos.explain.verifier import Verifier
 from xcos.io_utils import atomic_write
 from xcos.models.geometry import grid_edges
 from xcos.models.xcos_model import XCosModel

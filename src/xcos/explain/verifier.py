@@ -19,13 +19,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from PIL import Image
 
 from xcos.config import ModelConfig, from_dict
@@ -46,7 +44,7 @@ from xcos.errors import (
     XcosError,
 )
 from xcos.evaluation.evaluator import compare_faces
-from xcos.explain.figures import LAYOUTS, most_different_cells
+from xcos.explain.explanation import Explanation
 from xcos.explain.regions import cell_regions
 from xcos.io_utils import file_sha256
 from xcos.models.geometry import grid_edges
@@ -59,83 +57,7 @@ from xcos.runtime import resolve_device
 #: normalised face tensor [3, S, S].
 ImageLike = str | Path | bytes | Image.Image | np.ndarray | torch.Tensor
 
-#: What a ``PairScorer.compare`` returns, per pair: scores [N] and maps [N, h, w].
-SCORE_KEYS = ("xcos", "cos")
-MAP_KEYS = ("patch_cosine", "attention", "difference")
-
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Explanation:
-    """One verified pair. Maps are [h, w]; ``contribution`` = ``patch_cosine * attention``
-    and sums to ``score``; ``difference`` = ``attention * (1 - patch_cosine)``, how much each
-    cell pulls the score down (where the two faces differ), sums to ``1 - score``; ``faces``
-    are the two aligned RGB faces actually compared; ``cell_edges`` [h + 1] are the cells'
-    pixel edges on those faces (``xcos.models.geometry.grid_edges``), None for equal cells."""
-
-    score: float
-    same: bool
-    threshold: float
-    cos: float
-    patch_cosine: np.ndarray
-    attention: np.ndarray
-    contribution: np.ndarray
-    faces: tuple[np.ndarray, np.ndarray]
-    difference: np.ndarray
-    cell_edges: np.ndarray | None = None
-    cell_regions: list[list[str | None]] | None = None
-
-    @property
-    def most_different_cells(self) -> list[list[int]]:
-        """``[row, col]`` of the 3 cells with the highest ``difference``, highest first."""
-        return most_different_cells(self.difference)
-
-    @property
-    def most_different_regions(self) -> list[dict[str, Any]]:
-        """The ``most_different_cells`` in words: each cell, the facial region covering it
-        (``left_eye``, ``right_eye``, ``nose``, ``mouth``, or None; "left" is the image's
-        left) and its ``share`` of the whole difference (``1 - score``)."""
-        total = float(self.difference.sum())
-        return [
-            {
-                "cell": [row, col],
-                "region": self.cell_regions[row][col] if self.cell_regions else None,
-                "share": float(self.difference[row, col]) / total if total > 0 else 0.0,
-            }
-            for row, col in self.most_different_cells
-        ]
-
-    def figure(self, layout: str = "paper") -> Figure:
-        """The explanation drawn in ``layout``: ``"paper"`` or ``"overlay"``."""
-        if layout not in LAYOUTS:
-            raise ConfigError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
-        return LAYOUTS[layout](
-            self.faces[0],
-            self.faces[1],
-            self.patch_cosine,
-            self.attention,
-            self.score,
-            self.cos,
-            threshold=self.threshold,
-            difference=self.difference,
-            edges=self.cell_edges,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """The explanation's fields under the API's names, maps as nested lists."""
-        return {
-            "score": self.score,
-            "same": self.same,
-            "threshold": self.threshold,
-            "cos": self.cos,
-            "patch_cosine": self.patch_cosine.tolist(),
-            "attention": self.attention.tolist(),
-            "contribution": self.contribution.tolist(),
-            "difference": self.difference.tolist(),
-            "most_different_cells": self.most_different_cells,
-            "most_different_regions": self.most_different_regions,
-        }
 
 
 @runtime_checkable
@@ -168,10 +90,8 @@ class TorchScorer:
         self.face_template = model.face_template
         self.cell_edges = grid_edges(model.backbone, model.input_size)
 
-    @torch.no_grad()
     def compare(self, faces: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        compared = compare_faces(self.model, faces, self.device)
-        return {key: compared[key].float().cpu().numpy() for key in SCORE_KEYS + MAP_KEYS}
+        return compare_faces(self.model, faces, self.device)
 
     def describe(self) -> dict[str, Any]:
         cells = len(self.cell_edges) - 1
@@ -365,22 +285,17 @@ class Verifier:
         threshold = self.require_threshold()
         if not pairs:
             return []
-        out = self.scorer.compare([face for pair in pairs for face in pair])
+        compared = self.scorer.compare([face for pair in pairs for face in pair])
         return [
-            Explanation(
-                score=float(out["xcos"][i]),
-                same=bool(out["xcos"][i] > threshold),
-                threshold=float(threshold),
-                cos=float(out["cos"][i]),
-                patch_cosine=out["patch_cosine"][i],
-                attention=out["attention"][i],
-                contribution=out["patch_cosine"][i] * out["attention"][i],
-                faces=(pairs[i][0], pairs[i][1]),
-                difference=out["difference"][i],
+            Explanation.of_row(
+                compared,
+                row,
+                (face_a, face_b),
+                threshold,
                 cell_edges=self.scorer.cell_edges,
                 cell_regions=self._cell_regions,
             )
-            for i in range(len(pairs))
+            for row, (face_a, face_b) in enumerate(pairs)
         ]
 
     def face(self, image: ImageLike, which: str) -> np.ndarray:
