@@ -9,8 +9,9 @@ r.as_dict()["most_different_cells"]    # [row, col] of the 3 cells pulling the s
 r.figure().savefig("pair.png")         # the most different cells outlined on both faces
 v.info                                 # backbone, grid, input size, threshold and its source
 
-The model runs behind a ``PairScorer``: PyTorch (``TorchScorer``) or onnxruntime
-(``Verifier.from_onnx``, ``xcos.explain.onnx``), with the same decoding, alignment and results.
+The model runs behind a ``PairScorer`` (``xcos.explain.scorers``): PyTorch (``TorchScorer``) or
+onnxruntime (``Verifier.from_onnx``, ``OnnxScorer``), with the same decoding, alignment and
+results.
 Images above ``max_pixels`` (40 MP) are refused from their header, before they are decoded.
 """
 
@@ -20,7 +21,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,63 +44,19 @@ from xcos.errors import (
     UnalignedImageError,
     XcosError,
 )
-from xcos.evaluation.evaluator import compare_faces
 from xcos.explain.explanation import Explanation
 from xcos.explain.regions import cell_regions
+from xcos.explain.scorers import OnnxScorer, PairScorer, TorchScorer
 from xcos.io_utils import file_sha256
-from xcos.models.geometry import grid_edges
 from xcos.models.loading import build_and_load
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import XCosModel
-from xcos.runtime import resolve_device
 
 #: A file path, encoded image bytes (an upload), a PIL image, an RGB uint8 array, or a
 #: normalised face tensor [3, S, S].
 ImageLike = str | Path | bytes | Image.Image | np.ndarray | torch.Tensor
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class PairScorer(Protocol):
-    """What the ``Verifier`` runs a model through: PyTorch (``TorchScorer``) or onnxruntime
-    (``xcos.explain.onnx.OnnxScorer``)."""
-
-    input_size: int
-    face_template: str
-    cell_edges: np.ndarray  # [h + 1] pixel edges of the grid cells on a face
-
-    def compare(self, faces: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """RGB uint8 faces [S, S, 3] given as A, B, A, B, ... -> ``SCORE_KEYS`` [N] and
-        ``MAP_KEYS`` [N, h, w] float32 arrays, in one pass of the backbone."""
-        ...
-
-    def describe(self) -> dict[str, Any]:
-        """``runtime``, ``backbone`` and ``grid`` ([h, w]), for ``Verifier.info``."""
-        ...
-
-
-class TorchScorer:
-    """A ``PairScorer`` running an ``XCosModel`` with PyTorch on ``device``, without
-    gradients."""
-
-    def __init__(self, model: XCosModel, device: str | torch.device = "auto") -> None:
-        self.device = resolve_device(str(device))
-        self.model = model.to(self.device).eval()
-        self.input_size = model.input_size
-        self.face_template = model.face_template
-        self.cell_edges = grid_edges(model.backbone, model.input_size)
-
-    def compare(self, faces: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        return compare_faces(self.model, faces, self.device)
-
-    def describe(self) -> dict[str, Any]:
-        cells = len(self.cell_edges) - 1
-        return {
-            "runtime": f"torch {torch.__version__} ({self.device.type})",
-            "backbone": type(self.model.backbone).__name__,
-            "grid": [cells, cells],
-        }
 
 
 class Verifier:
@@ -240,8 +197,6 @@ class Verifier:
     ) -> Verifier:
         """A Verifier running a model exported by ``xcos export --onnx`` on onnxruntime: the
         same decoding, alignment, threshold rules and results as ``from_checkpoint``."""
-        from xcos.explain.onnx import OnnxScorer
-
         scorer = OnnxScorer(path)
         threshold, source = choose_threshold(
             threshold, metrics, scorer.threshold, scorer.threshold_source
