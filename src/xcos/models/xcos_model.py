@@ -11,6 +11,7 @@ from torch import nn
 
 from xcos.errors import ConfigError
 from xcos.models.backbones.protocol import BackboneProtocol, missing_members
+from xcos.models.geometry import box_coverage, edge_fractions
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_head import difference_map, patch_cosine
 from xcos.registry import BACKBONES, HEADS, IDENTITY_HEADS, TARGETS
@@ -27,7 +28,9 @@ class XCosModel(nn.Module):
 
     Output keys: ``patch_cosine``, ``attention`` [B, h, w]; ``xcos``, ``cos`` [B];
     ``target_cos`` [B] (when a target is set); ``logits`` [2B, classes] and ``identity`` [2B]
-    (when the identity head is set and identities are in the batch).
+    (when the identity head is set and identities are in the batch); with B* in the batch
+    (``xcos.data.perturb``), the ``compare_perturbed`` outputs and ``perturb_coverage``
+    [B, h, w], the share of each cell inside ``perturb_box`` (the perturbation losses' target).
 
     Args:
         cos: what the plain ``cos`` score is: ``"grid"``, the cosine of the flattened grid
@@ -74,6 +77,9 @@ class XCosModel(nn.Module):
         self.cos_source = cos
         self.freeze_backbone = freeze_backbone
         self.calibrate = calibrate
+        # A plain tuple, not a buffer: checkpoints stay as they were, and compiled graphs
+        # see a constant.
+        self.cell_edge_fractions = edge_fractions(backbone)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -155,7 +161,15 @@ class XCosModel(nn.Module):
             outputs["identity"] = labels
         if self.target is not None:
             outputs["target_cos"] = self.target(batch, outputs)
+        if "perturb_box" in batch:
+            outputs["perturb_coverage"] = self.cell_coverage(batch["perturb_box"])
         return outputs
+
+    def cell_coverage(self, boxes: torch.Tensor) -> torch.Tensor:
+        """[B, h, w]: the share of each grid cell, where it really sits on the face
+        (``geometry.grid_edges``), inside each box [B, 4] (fractions of the face side)."""
+        edges = torch.tensor(self.cell_edge_fractions, dtype=torch.float32, device=boxes.device)
+        return box_coverage(boxes.float(), edges)
 
     def compare_perturbed(
         self,
