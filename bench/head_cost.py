@@ -25,7 +25,7 @@ import torch
 from timing import interleave, median
 
 from xcos.config import load_config
-from xcos.models.xcos_model import XCosModel, build_model, split_faces
+from xcos.models.xcos_model import XCosModel, build_model, split_descriptors
 from xcos.runtime import autocast_factory as autocast_for
 
 HEAD_CONFIG = "configs/xcos_train_config.json"
@@ -51,8 +51,8 @@ def head_step(model: XCosModel, features: torch.Tensor, autocast: Callable) -> N
     model.head.zero_grad(set_to_none=True)
     features.grad = None
     with autocast():
-        faces_a, faces_b = split_faces(model.describe({"features": features}))
-        outputs = model.compare(faces_a, faces_b)
+        descriptors_a, descriptors_b = split_descriptors(model.describe({"features": features}))
+        outputs = model.compare(descriptors_a, descriptors_b)
     # Both scores: xcos trains the attention branch (the cosine map is detached in the
     # published recipe), cos reaches the grid head; their sum runs every backward path.
     (outputs["xcos"].sum() + outputs["cos"].sum()).backward()

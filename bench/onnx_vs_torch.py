@@ -25,7 +25,8 @@ import onnxruntime
 import torch
 from timing import interleave, median
 
-from xcos.explain.onnx import OnnxScorer, export_onnx
+from xcos.explain.onnx import export_onnx
+from xcos.explain.scorers import OnnxScorer
 from xcos.explain.verifier import Verifier
 
 CHECKPOINTS = ("saved/demo/checkpoints/best.pth", "saved/dlib/checkpoints/best.pth")

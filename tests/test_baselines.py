@@ -19,7 +19,7 @@ from xcos.explain.baselines import (
     default_layer,
     xcos_target,
 )
-from xcos.models.xcos_model import build_model, split_faces
+from xcos.models.xcos_model import build_model, split_descriptors
 from xcos.registry import BACKBONES
 
 SIZE = 64  # a 4 x 4 grid
@@ -76,8 +76,8 @@ def test_xcos_contribution_sums_to_the_xcos_score(model, pair):
     model.eval()
     explanation = XCosContribution().explain(model, *pair)
     with torch.no_grad():
-        faces_a, faces_b = split_faces(model.embed(torch.stack(pair)))
-        xcos = float(model.compare(faces_a, faces_b)["xcos"][0])
+        descriptors_a, descriptors_b = split_descriptors(model.embed(torch.stack(pair)))
+        xcos = float(model.compare(descriptors_a, descriptors_b)["xcos"][0])
     assert explanation.score == pytest.approx(xcos, abs=1e-6)
     assert float(explanation.map.sum()) == pytest.approx(xcos, abs=1e-5)
 
@@ -110,8 +110,8 @@ def test_gradcam_matches_a_hand_computation(model, pair):
         for unit in [*model.backbone.input_layer, *model.backbone.body]:
             grid = unit(grid)
     grid.requires_grad_(True)
-    faces_a, faces_b = split_faces(model.describe({"features": grid}))
-    cos = model.compare(faces_a, faces_b)["cos"][0]
+    descriptors_a, descriptors_b = split_descriptors(model.describe({"features": grid}))
+    cos = model.compare(descriptors_a, descriptors_b)["cos"][0]
     (gradient,) = torch.autograd.grad(cos, grid)
     weights = gradient.mean(dim=(2, 3), keepdim=True)
     expected = torch.relu((weights * grid).sum(1)).detach().numpy()
@@ -193,8 +193,8 @@ def test_occlusion_matches_one_cell_occluded_by_hand(model, pair):
         face[:, 8:24, 24:40] = face.mean(dim=(1, 2), keepdim=True)
         occluded.append(face)
     with torch.no_grad():
-        faces_a, faces_b = split_faces(model.embed(torch.stack(occluded)))
-        score = float(model.compare(faces_a, faces_b)["cos"][0])
+        descriptors_a, descriptors_b = split_descriptors(model.embed(torch.stack(occluded)))
+        score = float(model.compare(descriptors_a, descriptors_b)["cos"][0])
     assert explanation.map[1, 2] == pytest.approx(explanation.score - score, abs=1e-5)
 
 

@@ -14,7 +14,7 @@ from xcos.config import ModelConfig, from_dict
 from xcos.errors import CheckpointError, ConfigError
 from xcos.explain.builtin import builtin_path, load_builtin, write_builtin
 from xcos.explain.verifier import Verifier
-from xcos.models.xcos_model import build_model, split_faces
+from xcos.models.xcos_model import build_model, split_descriptors
 from xcos.weights_io import save_checkpoint
 
 DLIB_L2 = {
@@ -47,8 +47,8 @@ def test_a_builtin_file_holds_the_head_alone_and_scores_like_the_run(tmp_path, m
     assert threshold == 0.9 and provenance["trained_on"] == "a test set"
     faces = torch.rand(4, 3, 150, 150) * 2 - 1
     with torch.no_grad():
-        expected = model.compare(*split_faces(model.embed(faces)))
-        got = loaded.compare(*split_faces(loaded.embed(faces)))
+        expected = model.compare(*split_descriptors(model.embed(faces)))
+        got = loaded.compare(*split_descriptors(loaded.embed(faces)))
     for key in ("xcos", "cos", "difference"):
         assert torch.allclose(expected[key], got[key], atol=1e-6), key
     verifier = Verifier.pretrained("dlib", threshold=0.5)

@@ -9,7 +9,7 @@ from tests.conftest import require_dlib_weights
 from xcos.config import ModelConfig, from_dict
 from xcos.explain.decomposition import decompose, supports_decomposition
 from xcos.models.xcos_head import XCosHead
-from xcos.models.xcos_model import build_model, split_faces
+from xcos.models.xcos_model import build_model, split_descriptors
 
 
 def model_of(backbone: dict, **model_keys):
@@ -20,7 +20,7 @@ def model_of(backbone: dict, **model_keys):
 
 def compared(model, faces_a, faces_b):
     with torch.no_grad():
-        return model.compare(*split_faces(model.embed(torch.cat([faces_a, faces_b]))))
+        return model.compare(*split_descriptors(model.embed(torch.cat([faces_a, faces_b]))))
 
 
 def test_the_flattened_grid_cosine_splits_exactly_over_the_cells():

@@ -18,7 +18,7 @@ from xcos.explain.regions import paste, region_masks
 from xcos.models.backbones import PatchEncoder
 from xcos.models.geometry import grid_edges, pixel_spans
 from xcos.models.xcos_head import XCosHead
-from xcos.models.xcos_model import XCosModel, split_faces
+from xcos.models.xcos_model import XCosModel, split_descriptors
 
 SIZE, GRID = 64, 4
 
@@ -42,7 +42,7 @@ def faces(tiny_synth) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def xcos_difference(model, face_a, face_b) -> np.ndarray:
-    out = model.compare(*split_faces(model.embed(torch.cat([face_a, face_b]))))
+    out = model.compare(*split_descriptors(model.embed(torch.cat([face_a, face_b]))))
     return out["difference"][0].numpy()
 
 

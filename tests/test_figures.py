@@ -10,11 +10,11 @@ from matplotlib.collections import QuadMesh
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.patches import Rectangle
 
+from xcos.explain.explanation import Explanation
 from xcos.explain.figures import (
     DIFFERENCE_TITLE,
     cosine_norm,
     difference_map,
-    example_figure,
     most_different_cells,
     overlay_figure,
     pair_figure,
@@ -218,22 +218,29 @@ def test_difference_defaults_to_attention_times_one_minus_cosine_and_positional_
     assert "threshold 0.920 -> different" in figure._suptitle.get_text()
 
 
-def test_example_figure_uses_the_examples_difference_and_edges():
+def test_an_explanation_is_drawn_with_its_difference_edges_truth_and_decision():
     face_a, face_b = faces()
     cosine, attention, score = maps()
-    example = {
-        "face_a": face_a,
-        "face_b": face_b,
-        "patch_cosine": cosine,
-        "attention": attention,
-        "difference": hand_difference(),
-        "edges": IR_EDGES,
-        "xcos": score,
-        "cos": 0.8,
-        "label": 1,
-    }
-    figure = example_figure(example, threshold=0.92)
+    explanation = Explanation(
+        score=score,
+        same=score > 0.92,
+        threshold=0.92,
+        cos=0.8,
+        patch_cosine=cosine,
+        attention=attention,
+        faces=(face_a, face_b),
+        difference=hand_difference(),
+        cell_edges=IR_EDGES,
+        label=1,
+    )
+    figure = explanation.figure()
     check_outlines(panel(figure, "face B"))
     assert mesh_of(panel(figure, "patch cosine")).norm.vcenter == pytest.approx(0.92)
-    overlay = example_figure(example, layout="overlay")
+    caption = figure._suptitle.get_text()
+    assert "threshold 0.920 -> different" in caption and "truth: same" in caption
+    overlay = explanation.figure("overlay")
     check_outlines(panel(overlay, "difference over face A"))
+    undecided = Explanation(**{**vars(explanation), "threshold": None, "same": None, "label": None})
+    caption = undecided.figure()._suptitle.get_text()
+    assert "threshold" not in caption and "truth" not in caption
+    assert mesh_of(panel(undecided.figure(), "patch cosine")).norm.vcenter == pytest.approx(score)

@@ -8,7 +8,7 @@ import torch
 
 from tests.conftest import require_dlib_weights
 from xcos.models.backbones import DlibResNet, IResNet, PatchEncoder
-from xcos.models.geometry import grid_edges, pixel_spans
+from xcos.models.geometry import box_coverage, edge_fractions, grid_edges, pixel_spans
 
 
 def test_edges_are_midpoints_between_centres_with_the_border_outside():
@@ -18,6 +18,22 @@ def test_edges_are_midpoints_between_centres_with_the_border_outside():
     assert pixel_spans(edges)[:2] == [(0, 8), (8, 24)] and pixel_spans(edges)[-1] == (88, 112)
     patches = PatchEncoder(grid=7)
     np.testing.assert_allclose(grid_edges(patches), np.arange(8) * 16)
+
+
+def test_a_box_on_one_cell_covers_that_cell_as_the_maps_draw_it():
+    """The perturbation losses' coverage and the maps' cells are one rule: a box on the
+    pixels ``grid_edges`` gives a cell covers that cell, and only it, also where the cells
+    are uneven (IR: 16o + 0.5) and where the grid does not divide the face (dlib's 8 cells
+    16 px apart on 150 px; equal squares would be 18.75 px)."""
+    for backbone in (IResNet(depth=10, width=0.25), DlibResNet(level=2, weights=None)):
+        edges = torch.tensor(edge_fractions(backbone))
+        np.testing.assert_allclose(edges.numpy() * backbone.input_size, grid_edges(backbone))
+        cells = len(edges) - 1
+        for row, column in [(0, 0), (1, cells - 2), (cells - 1, 2)]:
+            box = edges[[column, row, column + 1, row + 1]][None]
+            expected = torch.zeros(1, cells, cells)
+            expected[0, row, column] = 1.0
+            torch.testing.assert_close(box_coverage(box, edges), expected)
 
 
 def agreement(backbone, face: torch.Tensor, *edges: np.ndarray, step: int) -> list[float]:

@@ -34,13 +34,6 @@ LAYERS = [
 ]
 LEVEL = {unit: level for level, units in enumerate(LAYERS) for unit in units}
 
-#: Import cycles allowed for now, each with who removes it.
-ALLOWED_CYCLES = {
-    # Helper B of issue 21 breaks this one (explain/onnx <-> explain/verifier) on its own
-    # branch; the lead deletes this entry after merging it (the test below fails until then).
-    ("xcos.explain.onnx", "xcos.explain.verifier"),
-}
-
 Graph = dict[str, set[str]]
 
 
@@ -183,9 +176,7 @@ def test_no_module_imports_from_a_layer_above_its_own():
 
 def test_no_module_imports_itself_back():
     cycles = import_cycles(import_graph(package_sources()))
-    assert [cycle for members, cycle in cycles.items() if members not in ALLOWED_CYCLES] == []
-    gone = ALLOWED_CYCLES - cycles.keys()
-    assert not gone, f"these cycles are gone: delete them from ALLOWED_CYCLES: {gone}"
+    assert list(cycles.values()) == []
 
 
 def test_every_form_of_import_is_read():

@@ -16,7 +16,8 @@ from xcos import Verifier
 from xcos.cli import main
 from xcos.errors import CheckpointError, ConfigError
 from xcos.explain import onnx as xcos_onnx
-from xcos.explain.onnx import OnnxScorer, export_onnx
+from xcos.explain.onnx import export_onnx
+from xcos.explain.scorers import NO_SPINNING, OnnxScorer
 
 TOLERANCE = 1e-4
 FIELDS = ("score", "cos", "threshold")
@@ -74,7 +75,7 @@ def test_export_stores_the_metadata_and_passes_its_check(exported, tiny_checkpoi
     assert scorer.describe()["runtime"].startswith("onnxruntime ")
     assert scorer.describe()["grid"] == [4, 4]
     options = scorer.session.get_session_options()  # idle threads leave the cores to others
-    assert options.get_session_config_entry(xcos_onnx.NO_SPINNING) == "0"
+    assert options.get_session_config_entry(NO_SPINNING) == "0"
     onnx = require_module("onnx")
     model = onnx.load(str(path))
     assert {entry.domain: entry.version for entry in model.opset_import}[""] == 18

@@ -8,8 +8,11 @@ import torch
 
 from xcos.config import ConfigError, PerturbSettings
 from xcos.data.image_folder import ImageFolderPairs
-from xcos.data.perturb import box_coverage, pixel_box
+from xcos.data.perturb import pixel_box
 from xcos.losses import CoveredAttention, Locality, MeanSquaredError, Pointing
+from xcos.models.geometry import box_coverage
+
+HALVES = torch.tensor([0.0, 0.5, 1.0])  # the edges of a 2x2 grid of equal cells
 
 
 @pytest.fixture
@@ -66,27 +69,39 @@ def test_settings_are_checked():
 
 
 def test_box_coverage_is_the_covered_fraction_of_each_cell():
-    coverage = box_coverage(torch.tensor([[0.0, 0.0, 0.75, 0.5]]), 2, 2)
+    coverage = box_coverage(torch.tensor([[0.0, 0.0, 0.75, 0.5]]), HALVES)
     np.testing.assert_allclose(coverage[0].numpy(), [[1.0, 0.5], [0.0, 0.0]])
+    uneven = torch.tensor([0.0, 0.25, 1.0])  # a narrow first cell: 0.125 is half of it
+    coverage = box_coverage(torch.tensor([[0.0, 0.125, 0.25, 0.625]]), uneven)
+    np.testing.assert_allclose(coverage[0].numpy(), [[0.5, 0.0], [0.5, 0.0]])
 
 
 def test_locality_loss_on_hand_made_maps():
     loss = Locality(margin=0.5)
-    box = torch.tensor([[0.0, 0.0, 0.5, 0.5]])  # covers cell (0, 0) of a 2x2 grid
+    covered = box_coverage(torch.tensor([[0.0, 0.0, 0.5, 0.5]]), HALVES)  # cell (0, 0) of 2x2
     perfect = torch.tensor([[[0.2, 1.0], [1.0, 1.0]]])
-    leaky = torch.tensor([[[0.2, 0.6], [1.0, 1.0]]])  # a cell the box never touched moved
+    leaky = torch.tensor([[[0.2, 0.6], [1.0, 1.0]]])  # a cell the covered never touched moved
     unmoved = torch.tensor([[[0.9, 1.0], [1.0, 1.0]]])  # the pasted cell did not drop
-    assert loss.compute(perfect, box) == 0
-    assert loss.compute(leaky, box) == pytest.approx(0.4 / 4)
-    assert loss.compute(unmoved, box) == pytest.approx(0.4 / 4)
+    assert loss.compute(perfect, covered) == 0
+    assert loss.compute(leaky, covered) == pytest.approx(0.4 / 4)
+    assert loss.compute(unmoved, covered) == pytest.approx(0.4 / 4)
 
 
 def test_pointing_loss_prefers_the_difference_on_the_pasted_cells():
     loss = Pointing()
-    box = torch.tensor([[0.5, 0.5, 1.0, 1.0]])  # cell (1, 1)
+    covered = box_coverage(torch.tensor([[0.5, 0.5, 1.0, 1.0]]), HALVES)  # cell (1, 1)
     there = torch.tensor([[[0.01, 0.01], [0.01, 0.5]]])
     elsewhere = torch.tensor([[[0.5, 0.01], [0.01, 0.01]]])
-    assert loss.compute(there, box) < loss.compute(elsewhere, box)
+    assert loss.compute(there, covered) < loss.compute(elsewhere, covered)
+
+
+def test_a_box_is_not_a_map_target():
+    box = torch.tensor([[0.5, 0.5, 1.0, 1.0]])  # [B, 4], which would broadcast silently
+    with pytest.raises(ConfigError, match=r"'perturb_box' is \[1, 4\], not a map"):
+        Pointing(target="perturb_box")(
+            {"perturbed_difference": torch.rand(1, 2, 2)},
+            {"perturb_box": box, "perturb_paste": torch.ones(1), "label": torch.ones(1)},
+        )
 
 
 def test_losses_read_only_the_flagged_rows():
@@ -103,8 +118,13 @@ def test_losses_read_only_the_flagged_rows():
 def test_covered_attention_loss_wants_the_covered_cells_to_lose_weight():
     loss = CoveredAttention(ratio=0.5)
     before = torch.full((1, 2, 2), 0.25)
-    batch = {"perturb_box": torch.tensor([[0.0, 0.0, 0.5, 0.5]]), "perturb_cover": torch.ones(1)}
-    kept = {"perturbed_attention": before.clone(), "attention": before}
-    halved = {"perturbed_attention": torch.tensor([[[0.1, 0.3], [0.3, 0.3]]]), "attention": before}
+    batch = {"perturb_cover": torch.ones(1)}
+    coverage = box_coverage(torch.tensor([[0.0, 0.0, 0.5, 0.5]]), HALVES)
+    kept = {
+        "perturbed_attention": before.clone(),
+        "attention": before,
+        "perturb_coverage": coverage,
+    }
+    halved = {**kept, "perturbed_attention": torch.tensor([[[0.1, 0.3], [0.3, 0.3]]])}
     assert loss(kept, batch) == pytest.approx(np.log(2.0), abs=1e-5)
     assert loss(halved, batch) == 0

@@ -8,6 +8,7 @@ import math
 import torch
 
 from xcos.engine.trainer import Trainer
+from xcos.models.geometry import box_coverage, grid_edges
 
 PERTURB = {
     "data": {"perturb": {"paste": 0.5, "side": [0.2, 0.4], "variants": 3, "seed": 0}},
@@ -36,6 +37,10 @@ def test_training_with_perturbed_faces_reads_every_loss(tiny_config, tmp_path):
     for key in ("perturbed_patch_cosine", "perturbed_difference", "perturbed_attention"):
         assert outputs[key].shape == outputs["patch_cosine"].shape
     assert outputs["perturbed_xcos"].shape == outputs["xcos"].shape
+    backbone = trainer.model.backbone  # the losses' cells are where the maps' cells sit
+    edges = torch.tensor(grid_edges(backbone) / backbone.input_size, dtype=torch.float32)
+    expected = box_coverage(batch["perturb_box"], edges)
+    torch.testing.assert_close(outputs["perturb_coverage"], expected)
     before = [p.detach().clone() for p in trainer.model.head.parameters()]
     trainer.fit()
     rows = (tmp_path / "metrics.csv").read_text().splitlines()

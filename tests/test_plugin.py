@@ -15,7 +15,7 @@ from xcos.engine.features import (
 )
 from xcos.engine.trainer import Trainer
 from xcos.evaluation.verification import held_out_accuracy
-from xcos.models.xcos_model import build_model, split_faces
+from xcos.models.xcos_model import build_model, split_descriptors
 
 CPU = torch.device("cpu")
 
@@ -59,7 +59,7 @@ def test_cos_is_the_recognizer_embedding_cosine(plugin_config):
     images = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         embedding = torch.nn.functional.normalize(model.backbone(images)["embedding"], dim=1)
-        out = model.compare(*split_faces(model.embed(images)))
+        out = model.compare(*split_descriptors(model.embed(images)))
     expected = (embedding[:2] * embedding[2:]).sum(dim=1)
     assert torch.allclose(out["cos"], expected, atol=1e-5)
 
@@ -254,8 +254,8 @@ def test_calibrated_xcos_is_the_recognizers_cosine_and_keeps_the_heads_maps(plug
     calibrated.load_state_dict(plain.state_dict())
     images = torch.randn(6, 3, 64, 64)
     with torch.no_grad():
-        raw = plain.compare(*split_faces(plain.embed(images)))
-        out = calibrated.compare(*split_faces(calibrated.embed(images)))
+        raw = plain.compare(*split_descriptors(plain.embed(images)))
+        out = calibrated.compare(*split_descriptors(calibrated.embed(images)))
     assert torch.allclose(out["xcos"], out["cos"], atol=1e-5)  # the recognizer's own score
     assert torch.allclose(out["head_xcos"], raw["xcos"])
     assert torch.equal(out["attention"], raw["attention"])

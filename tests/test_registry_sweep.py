@@ -169,24 +169,24 @@ LOSS_INPUTS: dict[str, Callable[[], tuple[dict, dict]]] = {
     "cross_entropy": lambda: ({"logits": torch.randn(4, 5)}, {"identity": torch.arange(4)}),
     "mse": lambda: ({"xcos": torch.rand(4)}, {"target_cos": torch.rand(4)}),
     "locality": lambda: (
-        {"perturbed_patch_cosine": torch.rand(4, 3, 3)},
-        {"perturb_box": torch.tensor([[0.0, 0.0, 0.5, 0.5]] * 4), "perturb_paste": torch.ones(4)},
+        {"perturbed_patch_cosine": torch.rand(4, 3, 3), "perturb_coverage": torch.rand(4, 3, 3)},
+        {"perturb_paste": torch.ones(4)},
     ),
     "pointing": lambda: (
-        {"perturbed_difference": torch.rand(4, 3, 3)},
-        {
-            "perturb_box": torch.tensor([[0.0, 0.0, 0.5, 0.5]] * 4),
-            "perturb_paste": torch.ones(4),
-            "label": torch.ones(4),
-        },
+        {"perturbed_difference": torch.rand(4, 3, 3), "perturb_coverage": torch.rand(4, 3, 3)},
+        {"perturb_paste": torch.ones(4), "label": torch.ones(4)},
     ),
     "effect_ranking": lambda: (
         {"difference": torch.rand(4, 3, 3)},
         {"effect": torch.randn(4, 3, 3), "effect_valid": torch.ones(4)},
     ),
     "covered_attention": lambda: (
-        {"perturbed_attention": torch.rand(4, 3, 3), "attention": torch.rand(4, 3, 3)},
-        {"perturb_box": torch.tensor([[0.0, 0.0, 0.5, 0.5]] * 4), "perturb_cover": torch.ones(4)},
+        {
+            "perturbed_attention": torch.rand(4, 3, 3),
+            "attention": torch.rand(4, 3, 3),
+            "perturb_coverage": torch.rand(4, 3, 3),
+        },
+        {"perturb_cover": torch.ones(4)},
     ),
 }
 

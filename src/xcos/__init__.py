@@ -29,10 +29,14 @@ def __getattr__(name: str):
         from xcos.engine.trainer import Trainer
 
         return Trainer
-    if name in ("Verifier", "Explanation"):
-        from xcos.explain import verifier
+    if name == "Verifier":
+        from xcos.explain.verifier import Verifier
 
-        return getattr(verifier, name)
+        return Verifier
+    if name == "Explanation":
+        from xcos.explain.explanation import Explanation
+
+        return Explanation
     if name == "run_test":
         from xcos.engine.tester import run_test
 

@@ -42,32 +42,53 @@ class LossTerm(nn.Module):
                 f"loss {self.name!r} reads output {self.output!r}, which the model did not "
                 f"produce (outputs: {', '.join(sorted(outputs))})"
             )
-        source = outputs if self.target in outputs else batch
-        if self.target not in source:
+        return outputs[self.output], self.lookup(self.target, outputs, batch)
+
+    def lookup(
+        self, key: str, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """``key`` from the model outputs, else from the batch."""
+        source = outputs if key in outputs else batch
+        if key not in source:
             raise ConfigError(
-                f"loss {self.name!r} reads target {self.target!r}, found neither in the model "
+                f"loss {self.name!r} reads {key!r}, found neither in the model "
                 f"outputs ({', '.join(sorted(outputs))}) "
                 f"nor in the batch ({', '.join(sorted(batch))})"
             )
-        return outputs[self.output], source[self.target]
+        return source[key]
+
+    def rows(self, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor | None:
+        """[B] bool: the rows flagged 1 in every ``where`` key; None without ``where``."""
+        if not self.where:
+            return None
+        missing = [key for key in self.where if key not in batch]
+        if missing:
+            raise ConfigError(
+                f"loss {self.name!r} selects rows by batch key(s) {missing}, which the "
+                f"batch does not hold ({', '.join(sorted(batch))}); set data.perturb"
+            )
+        return torch.stack([batch[key].to(device) > 0.5 for key in self.where]).all(dim=0)
 
     def forward(
         self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         prediction, target = self.pick(outputs, batch)
-        if self.where:
-            missing = [key for key in self.where if key not in batch]
-            if missing:
-                raise ConfigError(
-                    f"loss {self.name!r} selects rows by batch key(s) {missing}, which the "
-                    f"batch does not hold ({', '.join(sorted(batch))}); set data.perturb"
-                )
-            rows = torch.stack([batch[key].to(prediction.device) > 0.5 for key in self.where])
-            rows = rows.all(dim=0)
+        rows = self.rows(batch, prediction.device)
+        if rows is not None:
             if not bool(rows.any()):
                 return prediction.sum() * 0.0  # keeps the graph; nothing to learn here
             prediction, target = prediction[rows], target[rows]
         return self.weight * self.compute(prediction, target)
+
+    def check_map(self, prediction: torch.Tensor, cells: torch.Tensor, key: str) -> None:
+        """A map loss reads cell values ``key`` of its output's shape ([B, h, w]); a box or
+        a score would broadcast into a wrong loss rather than fail."""
+        if cells.shape != prediction.shape:
+            raise ConfigError(
+                f"loss {self.name!r}: {key!r} is {list(cells.shape)}, not a map of its "
+                f"output {self.output!r} {list(prediction.shape)} (a cell coverage such as "
+                "'perturb_coverage')"
+            )
 
     def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -116,8 +137,9 @@ class Locality(LossTerm):
     face B (B*, ``data.perturb``), B's patch cosine against B* must drop on the cells the
     rectangle covers and stay at 1 on the cells it does not touch.
 
-    Reads ``perturbed_patch_cosine`` [B, h, w] and ``perturb_box`` [B, 4] (fractions), on the
-    pasted rows (``where``). A cell covered by at least ``covered`` of its area adds
+    Reads ``perturbed_patch_cosine`` [B, h, w] and ``perturb_coverage`` [B, h, w] (the share
+    of each cell inside the rectangle, ``XCosModel.cell_coverage``), on the pasted rows
+    (``where``). A cell covered by at least ``covered`` of its area adds
     ``relu(cosine - margin)``; a cell the rectangle does not touch adds ``1 - cosine``; the
     cells in between are left free (their receptive field legitimately sees the paste).
     """
@@ -125,7 +147,7 @@ class Locality(LossTerm):
     def __init__(
         self,
         output: str = "perturbed_patch_cosine",
-        target: str = "perturb_box",
+        target: str = "perturb_coverage",
         weight: float = 1.0,
         margin: float = 0.5,
         covered: float = 0.5,
@@ -136,11 +158,9 @@ class Locality(LossTerm):
         self.margin, self.covered = margin, covered
 
     def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from xcos.data.perturb import box_coverage
-
+        self.check_map(prediction, target, self.target)
         cosine = prediction.float()
-        coverage = box_coverage(target.float(), *cosine.shape[1:])
-        inside, outside = coverage >= self.covered, coverage <= 0.0
+        inside, outside = target >= self.covered, target <= 0.0
         drop = F.relu(cosine - self.margin)[inside]
         stay = (1.0 - cosine)[outside]
         return (drop.sum() + stay.sum()) / max(1, int(inside.sum() + outside.sum()))
@@ -151,7 +171,7 @@ class Pointing(LossTerm):
     """Where two faces of one person differ most should be where another face was pasted: the
     share of the xCos difference map of (A, B*) (``perturbed_difference`` [B, h, w],
     attention x (1 - patch cosine)) that falls on the pasted cells, pushed up by its
-    cross-entropy against the cells' coverage (``perturb_box`` [B, 4], fractions).
+    cross-entropy against the cells' coverage (``perturb_coverage`` [B, h, w]).
 
     By default it reads the pasted rows of same-person pairs (``where``).
     """
@@ -159,7 +179,7 @@ class Pointing(LossTerm):
     def __init__(
         self,
         output: str = "perturbed_difference",
-        target: str = "perturb_box",
+        target: str = "perturb_coverage",
         weight: float = 1.0,
         name: str | None = "pointing",
         where: str | list[str] | None = ("perturb_paste", "label"),
@@ -167,9 +187,8 @@ class Pointing(LossTerm):
         super().__init__(output, target, weight, name, where)
 
     def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from xcos.data.perturb import box_coverage
-
-        return share_cross_entropy(prediction, box_coverage(target.float(), *prediction.shape[1:]))
+        self.check_map(prediction, target, self.target)
+        return share_cross_entropy(prediction, target)
 
 
 def share_cross_entropy(difference: torch.Tensor, wanted: torch.Tensor) -> torch.Tensor:
@@ -232,9 +251,9 @@ class CoveredAttention(LossTerm):
     (``perturbed_attention``) should be at most ``ratio`` times what (A, B) put there
     (``attention``, detached). A hinge on the log of the two attention masses.
 
-    Reads ``perturbed_attention`` and ``attention`` [B, h, w] from the outputs and
-    ``perturb_box`` [B, 4] (fractions) from the batch; a cell counts as covered when at least
-    ``covered`` of its area is.
+    Reads ``perturbed_attention``, ``attention`` and ``coverage`` (``perturb_coverage``, the
+    share of each cell inside the cover) [B, h, w] from the outputs; a cell counts as covered
+    when at least ``covered`` of its area is.
     """
 
     def __init__(
@@ -246,24 +265,23 @@ class CoveredAttention(LossTerm):
         covered: float = 0.5,
         name: str | None = "covered_attention",
         where: str | list[str] | None = "perturb_cover",
+        coverage: str = "perturb_coverage",
     ) -> None:
         super().__init__(output, target, weight, name, where)
-        self.ratio, self.covered = ratio, covered
-        self._boxes: torch.Tensor | None = None
+        self.ratio, self.covered, self.coverage = ratio, covered, coverage
+        self._coverage: torch.Tensor | None = None
 
     def forward(
         self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
     ) -> torch.Tensor:
-        self._boxes = batch["perturb_box"]
-        if self.where:  # the rows the base class keeps, for the boxes too
-            rows = torch.stack([batch[key] > 0.5 for key in self.where]).all(dim=0)
-            self._boxes = self._boxes[rows.to(self._boxes.device)]
+        coverage = self.lookup(self.coverage, outputs, batch)
+        rows = self.rows(batch, coverage.device)  # the rows the base class keeps
+        self._coverage = coverage if rows is None else coverage[rows]
         return super().forward(outputs, batch)
 
     def compute(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from xcos.data.perturb import box_coverage
-
-        coverage = box_coverage(self._boxes.float().to(prediction.device), *prediction.shape[1:])
+        coverage = self._coverage.to(prediction.device)
+        self.check_map(prediction, coverage, self.coverage)
         cells = (coverage >= self.covered).float()
         keep = cells.flatten(1).sum(dim=1) > 0
         if not bool(keep.any()):

@@ -15,7 +15,9 @@ inside it), never facial regions: the regions are what the faithfulness games te
 
 Batch keys added: ``image_perturbed`` [3, S, S] (or the cached backbone outputs
 ``features_perturbed`` / ``embedding_perturbed``), ``perturb_box`` [4] (x0, y0, x1, y1 as
-fractions of the face side), ``perturb_paste`` and ``perturb_cover`` (1.0 or 0.0).
+fractions of the face side), ``perturb_paste`` and ``perturb_cover`` (1.0 or 0.0). The model
+turns the box into ``perturb_coverage`` [h, w], the share of each grid cell it covers, with
+the cells where they really sit (``xcos.models.geometry.box_coverage``).
 Everything is a pure function of (seed, epoch, index), like the pairs themselves.
 """
 
@@ -79,15 +81,3 @@ def perturbation_fields(perturbation: Perturbation) -> dict[str, torch.Tensor]:
         "perturb_paste": torch.tensor(float(pasted)),
         "perturb_cover": torch.tensor(float(not pasted)),
     }
-
-
-def box_coverage(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """[B, h, w]: the fraction of each grid cell inside each box [B, 4] (fractions)."""
-    edges_y = torch.linspace(0.0, 1.0, height + 1, device=boxes.device)
-    edges_x = torch.linspace(0.0, 1.0, width + 1, device=boxes.device)
-    x0, y0, x1, y1 = (boxes[:, k, None] for k in range(4))
-    overlap_y = torch.minimum(edges_y[None, 1:], y1) - torch.maximum(edges_y[None, :-1], y0)
-    overlap_x = torch.minimum(edges_x[None, 1:], x1) - torch.maximum(edges_x[None, :-1], x0)
-    overlap_y = overlap_y.clamp_min(0.0) * height  # fraction of the cell's height
-    overlap_x = overlap_x.clamp_min(0.0) * width
-    return overlap_y[:, :, None] * overlap_x[:, None, :]

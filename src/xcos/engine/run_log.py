@@ -69,17 +69,17 @@ class RunLog:
 
     def maps(self, model, pair_set, device, epoch: int) -> None:
         """Figures of a few validation pairs' patch-cosine, attention and difference maps,
-        each cell on its real pixels (``explain_pairs`` gives the maps and the cell edges)."""
+        each cell on its real pixels (``explain_pairs``' explanations, undecided)."""
         if self.writer is None or self.cfg.tensorboard_images <= 0:
             return
-        from xcos.evaluation.evaluator import explain_pairs, pick_examples
-        from xcos.explain.figures import example_figure
+        from xcos.evaluation.evaluator import pick_examples
+        from xcos.explain.explanation import explain_pairs
 
-        examples = explain_pairs(
+        explanations = explain_pairs(
             model, pair_set, pick_examples(pair_set, self.cfg.tensorboard_images), device
         )
-        for number, example in enumerate(examples):
-            figure = example_figure(example)
+        for number, explanation in enumerate(explanations):
+            figure = explanation.figure()
             self.writer.add_figure(f"maps/{pair_set.name}/{number}", figure, epoch, close=False)
 
     def close(self) -> None:

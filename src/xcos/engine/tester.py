@@ -13,9 +13,10 @@ import torch
 from xcos.config import Config
 from xcos.data.pair_set_specs import load_pair_set
 from xcos.errors import ConfigError
-from xcos.evaluation.evaluator import PairSetResult, evaluate_pair_set, explain_pairs, pick_examples
+from xcos.evaluation.evaluator import PairSetResult, evaluate_pair_set, pick_examples
 from xcos.evaluation.roc import roc_figure, roc_points
-from xcos.explain.figures import example_figure, save_figure
+from xcos.explain.explanation import explain_pairs
+from xcos.explain.figures import save_figure
 from xcos.models.loading import build_and_load
 from xcos.runtime import autocast_factory, seed_everything
 
@@ -90,18 +91,16 @@ def write_figures(
 ) -> list[Path]:
     """Explanation figures of ``count`` pairs (same and different alternating): patch
     cosine centred on the threshold, attention and difference, the most different cells
-    outlined, each cell on its real pixels (``explain_pairs`` gives the maps and edges)."""
+    outlined, each cell on its real pixels (``explain_pairs``' explanations)."""
     if count <= 0:
         return []
     folder.mkdir(parents=True, exist_ok=True)
     threshold = result.metrics["xcos"]["threshold"]
     paths = []
-    for example in explain_pairs(
-        model, result.pair_set, pick_examples(result.pair_set, count), device
-    ):
-        figure = example_figure(example, threshold)
-        path = folder / f"{result.pair_set.name}_pair{example['pair']:05d}.png"
-        save_figure(figure, path)
+    picked = pick_examples(result.pair_set, count)
+    for explanation in explain_pairs(model, result.pair_set, picked, device, threshold):
+        path = folder / f"{result.pair_set.name}_pair{explanation.pair:05d}.png"
+        save_figure(explanation.figure(), path)
         paths.append(path)
     return paths
 

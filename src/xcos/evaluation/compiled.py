@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from xcos.models.xcos_model import select_faces
+from xcos.models.xcos_model import select_descriptors
 
 Embed = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
@@ -35,6 +35,6 @@ def embedding_forward(model: torch.nn.Module, compiled: bool, batch_size: int) -
         if count < batch_size:
             padding = images[-1:].expand(batch_size - count, *images.shape[1:])
             images = torch.cat([images, padding]).contiguous(memory_format=torch.channels_last)
-        return select_faces(frozen(images), slice(0, count))
+        return select_descriptors(frozen(images), slice(0, count))
 
     return embed_padded

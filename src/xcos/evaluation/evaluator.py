@@ -15,10 +15,10 @@ from xcos.data.images import to_tensor
 from xcos.data.pair_sets import PairSet
 from xcos.distributed import Distributed
 from xcos.evaluation.compiled import embedding_forward
-from xcos.models.geometry import grid_edges
-from xcos.models.xcos_model import faces_to, select_faces, split_faces
+from xcos.models.xcos_model import descriptors_to, select_descriptors, split_descriptors
 from xcos.registry import METRICS
 
+#: The scores of a compared pair, [N] per batch of pairs.
 SCORE_KEYS = ("xcos", "cos")
 #: Scores a model gives only in some settings: ``head_xcos``, a calibrated head's own weighted
 #: sum (``model.calibrate``, where ``xcos`` is the recognizer's cosine).
@@ -82,10 +82,12 @@ def embed_images(
         # channels-last: convolutions on CPU (oneDNN) and on CUDA tensor cores run faster in it
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast() if autocast else nullcontext():
-            faces = faces_to(embed(images), device)  # float32 before the flip sum
+            descriptors = descriptors_to(embed(images), device)  # float32 before the flip sum
             if flip:
-                faces = add_flipped(faces, faces_to(embed(images.flip(3)), device))
-        for key, value in faces_to(faces, "cpu").items():
+                descriptors = add_flipped(
+                    descriptors, descriptors_to(embed(images.flip(3)), device)
+                )
+        for key, value in descriptors_to(descriptors, "cpu").items():
             chunks.setdefault(key, []).append(value)
     return {key: torch.cat(values) for key, values in chunks.items()}
 
@@ -105,24 +107,24 @@ def describe_outputs(
     chunks: dict[str, list[torch.Tensor]] = {}
     for start in range(0, count, batch_size):
         window = slice(start, start + batch_size)
-        faces = faces_to(
-            model.describe(faces_to({k: outputs[k][window] for k in keys}, device)), device
+        descriptors = descriptors_to(
+            model.describe(descriptors_to({k: outputs[k][window] for k in keys}, device)), device
         )
         if flip:
-            mirrored = faces_to({k: outputs[f"{k}_flipped"][window] for k in keys}, device)
-            faces = add_flipped(faces, faces_to(model.describe(mirrored), device))
-        for key, value in faces_to(faces, "cpu").items():
+            mirrored = descriptors_to({k: outputs[f"{k}_flipped"][window] for k in keys}, device)
+            descriptors = add_flipped(descriptors, descriptors_to(model.describe(mirrored), device))
+        for key, value in descriptors_to(descriptors, "cpu").items():
             chunks.setdefault(key, []).append(value)
     return {key: torch.cat(values) for key, values in chunks.items()}
 
 
 def add_flipped(
-    faces: dict[str, torch.Tensor], flipped: dict[str, torch.Tensor]
+    descriptors: dict[str, torch.Tensor], flipped: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Flip test-time augmentation: grids flipped back along the width axis, then summed."""
     return {
         key: value + (flipped[key].flip(3) if value.ndim == 4 else flipped[key])
-        for key, value in faces.items()
+        for key, value in descriptors.items()
     }
 
 
@@ -142,7 +144,7 @@ def _batches(pair_set: PairSet, size: int, batch_size: int, num_workers: int):
 @torch.no_grad()
 def compare_pairs(
     model: torch.nn.Module,
-    faces: dict[str, torch.Tensor],
+    descriptors: dict[str, torch.Tensor],
     pairs: np.ndarray,
     device: torch.device,
     batch_size: int = 256,
@@ -153,9 +155,9 @@ def compare_pairs(
     keys = (*SCORE_KEYS, *MAP_KEYS) if keep_maps else SCORE_KEYS
     for start in range(0, len(pairs), batch_size):
         chunk = torch.as_tensor(pairs[start : start + batch_size])
-        faces_a = faces_to(select_faces(faces, chunk[:, 0]), device)
-        faces_b = faces_to(select_faces(faces, chunk[:, 1]), device)
-        out = model.compare(faces_a, faces_b)
+        descriptors_a = descriptors_to(select_descriptors(descriptors, chunk[:, 0]), device)
+        descriptors_b = descriptors_to(select_descriptors(descriptors, chunk[:, 1]), device)
+        out = model.compare(descriptors_a, descriptors_b)
         for key in (*keys, *(k for k in OPTIONAL_SCORE_KEYS if k in out)):
             results.setdefault(key, []).append(out[key].float().cpu().numpy())
     return {key: np.concatenate(value) for key, value in results.items()}
@@ -179,12 +181,12 @@ def score_pair_set(
     model.eval()
     try:
         if backbone_outputs is not None:
-            faces = describe_outputs(model, backbone_outputs, device, flip)
+            descriptors = describe_outputs(model, backbone_outputs, device, flip)
         else:
-            faces = embed_images(
+            descriptors = embed_images(
                 model, pair_set, device, batch_size, flip, autocast, num_workers, compiled=compiled
             )
-        return compare_pairs(model, faces, pair_set.pairs, device)
+        return compare_pairs(model, descriptors, pair_set.pairs, device)
     finally:
         model.train(was_training)
 
@@ -289,50 +291,17 @@ def compare_images(
     backbone pass: the one way xcos compares two batches of face images (evaluation, the
     Verifier, the explanation baselines and the benchmarks). Differentiable: callers that
     need no gradients wrap it in ``torch.no_grad()``."""
-    faces_a, faces_b = split_faces(model.embed(torch.cat([images_a, images_b])))
-    return model.compare(faces_a, faces_b)
+    descriptors_a, descriptors_b = split_descriptors(model.embed(torch.cat([images_a, images_b])))
+    return model.compare(descriptors_a, descriptors_b)
 
 
 @torch.no_grad()
 def compare_faces(
     model: torch.nn.Module, faces: Sequence[np.ndarray], device: torch.device
-) -> dict[str, torch.Tensor]:
-    """``compare_images`` of RGB uint8 faces given as A, B, A, B, ...: one embedding pass."""
+) -> dict[str, np.ndarray]:
+    """``compare_images`` of RGB uint8 faces [S, S, 3] given as A, B, A, B, ... in one
+    embedding pass: ``SCORE_KEYS`` [N] and ``MAP_KEYS`` [N, h, w] as float32 numpy arrays
+    (what a Verifier's scorer and an ``Explanation`` read)."""
     batch = torch.stack([to_tensor(face) for face in faces]).to(device)
-    return compare_images(model, batch[0::2], batch[1::2])
-
-
-@torch.no_grad()
-def explain_pairs(
-    model: torch.nn.Module,
-    pair_set: PairSet,
-    indices: Sequence[int],
-    device: torch.device,
-    image_size: int | None = None,
-) -> list[dict[str, Any]]:
-    """For each pair index: faces [S, S, 3], maps [h, w] (``MAP_KEYS``), scores, and the
-    cells' pixel ``edges`` [h + 1] on the faces (``geometry.grid_edges``), as numpy values
-    (for figures and logs)."""
-    if not indices:
-        return []
-    was_training = model.training
-    model.eval()
-    try:
-        size = image_size or model.input_size
-        faces = [pair_set.image(j, size) for i in indices for j in pair_set.pairs[i]]
-        out = compare_faces(model, faces, device)
-    finally:
-        model.train(was_training)
-    edges = grid_edges(model.backbone, size)
-    return [
-        {
-            "pair": index,
-            "face_a": faces[2 * k],
-            "face_b": faces[2 * k + 1],
-            "label": int(pair_set.labels[index]),
-            **{key: out[key][k].float().cpu().numpy() for key in MAP_KEYS},
-            **{key: float(out[key][k]) for key in SCORE_KEYS},
-            "edges": edges,
-        }
-        for k, index in enumerate(indices)
-    ]
+    compared = compare_images(model, batch[0::2], batch[1::2])
+    return {key: compared[key].float().cpu().numpy() for key in SCORE_KEYS + MAP_KEYS}

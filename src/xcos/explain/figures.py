@@ -287,20 +287,3 @@ def _caption(score: float, cos: float | None, label: int | None, threshold: floa
 
 def save_figure(figure: Figure, path) -> None:
     figure.savefig(path, bbox_inches="tight")
-
-
-def example_figure(example: dict, threshold: float | None = None, layout: str = "paper") -> Figure:
-    """The figure of one entry of ``evaluation.evaluator.explain_pairs`` (its ``difference``
-    and ``edges`` when present) in ``layout``."""
-    return LAYOUTS[layout](
-        example["face_a"],
-        example["face_b"],
-        example["patch_cosine"],
-        example["attention"],
-        example["xcos"],
-        example.get("cos"),
-        example.get("label"),
-        threshold,
-        difference=example.get("difference"),
-        edges=example.get("edges"),
-    )

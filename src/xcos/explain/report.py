@@ -17,8 +17,8 @@ import torch
 
 from xcos.data.pair_sets import PairSet
 from xcos.evaluation.evaluator import compare_pairs, embed_images
-from xcos.explain.figures import LAYOUTS, most_different_cells, save_figure
-from xcos.models.geometry import grid_edges
+from xcos.explain.explanation import Explanation, explain_pairs
+from xcos.explain.figures import save_figure
 
 
 def pair_set_for_model(path: str, model: torch.nn.Module, where: str = "--pairs") -> PairSet:
@@ -40,14 +40,11 @@ def pair_set_for_model(path: str, model: torch.nn.Module, where: str = "--pairs"
 
 @dataclass
 class ReportEntry:
-    """One pair shown in the report."""
+    """One pair shown in the report: its explanation and its figure's path relative to the
+    report folder."""
 
-    pair: int
-    label: int
-    xcos: float
-    cos: float
-    figure: str  # path relative to the report folder
-    most_different: list[list[int]]  # [row, col] of the cells pulling the score down most
+    explanation: Explanation
+    figure: str
 
 
 def decisions(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
@@ -91,15 +88,14 @@ def write_report(
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     model.eval()
-    faces = embed_images(model, pair_set, device)
-    scores = compare_pairs(model, faces, pair_set.pairs, device, keep_maps=True)
+    descriptors = embed_images(model, pair_set, device)
+    scores = compare_pairs(model, descriptors, pair_set.pairs, device, keep_maps=True)
     labels = pair_set.labels
     chosen = pick_pairs(scores["xcos"], labels, threshold, errors, correct, seed)
     sections = {}
     for title, indices in chosen.items():
-        sections[title] = [
-            _draw(model, pair_set, scores, index, threshold, out, layout) for index in indices
-        ]
+        explained = explain_pairs(model, pair_set, indices, device, threshold, compared=scores)
+        sections[title] = [_draw(explanation, out, layout) for explanation in explained]
     found = decisions(scores["xcos"], labels, threshold)
     counts = {title: len(indices) for title, indices in found.items()}
     accuracy = counts["correct decisions"] / len(labels)
@@ -108,27 +104,10 @@ def write_report(
     return out / "index.html"
 
 
-def _draw(model, pair_set, scores, index, threshold, out, layout) -> ReportEntry:
-    size = model.input_size
-    face_a, face_b = (pair_set.image(int(j), size) for j in pair_set.pairs[index])
-    label = int(pair_set.labels[index])
-    difference = scores["difference"][index]
-    figure = LAYOUTS[layout](
-        face_a,
-        face_b,
-        scores["patch_cosine"][index],
-        scores["attention"][index],
-        float(scores["xcos"][index]),
-        float(scores["cos"][index]),
-        label,
-        threshold,
-        difference=difference,
-        edges=grid_edges(model.backbone, size),
-    )
-    relative = f"figures/pair_{index:06d}.png"
-    save_figure(figure, out / relative)
-    xcos, cos = float(scores["xcos"][index]), float(scores["cos"][index])
-    return ReportEntry(index, label, xcos, cos, relative, most_different_cells(difference))
+def _draw(explanation: Explanation, out: Path, layout: str) -> ReportEntry:
+    relative = f"figures/pair_{explanation.pair:06d}.png"
+    save_figure(explanation.figure(layout), out / relative)
+    return ReportEntry(explanation, relative)
 
 
 def cells_text(cells: list[list[int]]) -> str:
@@ -167,12 +146,13 @@ def _page(name, pairs, threshold, accuracy, counts, sections) -> str:
         if not entries:
             parts.append("<p>none</p>")
         for entry in entries:
-            truth = "same person" if entry.label else "different people"
+            pair = entry.explanation
+            truth = "same person" if pair.label else "different people"
             parts.append(
-                f'<div class="entry"><p>pair {entry.pair}: xCos {entry.xcos:.4f}, '
-                f"cos {entry.cos:.4f}, truth: {truth}, threshold {threshold:.4f}</p>"
-                f"<p>{cells_text(entry.most_different)}</p>"
-                f'<img src="{html.escape(entry.figure)}" alt="explanation of pair {entry.pair}">'
+                f'<div class="entry"><p>pair {pair.pair}: xCos {pair.score:.4f}, '
+                f"cos {pair.cos:.4f}, truth: {truth}, threshold {threshold:.4f}</p>"
+                f"<p>{cells_text(pair.most_different_cells)}</p>"
+                f'<img src="{html.escape(entry.figure)}" alt="explanation of pair {pair.pair}">'
                 "</div>"
             )
     parts.append("</body></html>")

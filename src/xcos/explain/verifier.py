@@ -9,8 +9,9 @@ r.as_dict()["most_different_cells"]    # [row, col] of the 3 cells pulling the s
 r.figure().savefig("pair.png")         # the most different cells outlined on both faces
 v.info                                 # backbone, grid, input size, threshold and its source
 
-The model runs behind a ``PairScorer``: PyTorch (``TorchScorer``) or onnxruntime
-(``Verifier.from_onnx``, ``xcos.explain.onnx``), with the same decoding, alignment and results.
+The model runs behind a ``PairScorer`` (``xcos.explain.scorers``): PyTorch (``TorchScorer``) or
+onnxruntime (``Verifier.from_onnx``, ``OnnxScorer``), with the same decoding, alignment and
+results.
 Images above ``max_pixels`` (40 MP) are refused from their header, before they are decoded.
 """
 
@@ -19,13 +20,11 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from PIL import Image
 
 from xcos.config import ModelConfig, from_dict
@@ -45,141 +44,19 @@ from xcos.errors import (
     UnalignedImageError,
     XcosError,
 )
-from xcos.evaluation.evaluator import compare_faces
-from xcos.explain.figures import LAYOUTS, most_different_cells
+from xcos.explain.explanation import Explanation
 from xcos.explain.regions import cell_regions
+from xcos.explain.scorers import OnnxScorer, PairScorer, TorchScorer
 from xcos.io_utils import file_sha256
-from xcos.models.geometry import grid_edges
 from xcos.models.loading import build_and_load
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import XCosModel
-from xcos.runtime import resolve_device
 
 #: A file path, encoded image bytes (an upload), a PIL image, an RGB uint8 array, or a
 #: normalised face tensor [3, S, S].
 ImageLike = str | Path | bytes | Image.Image | np.ndarray | torch.Tensor
 
-#: What a ``PairScorer.compare`` returns, per pair: scores [N] and maps [N, h, w].
-SCORE_KEYS = ("xcos", "cos")
-MAP_KEYS = ("patch_cosine", "attention", "difference")
-
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Explanation:
-    """One verified pair. Maps are [h, w]; ``contribution`` = ``patch_cosine * attention``
-    and sums to ``score``; ``difference`` = ``attention * (1 - patch_cosine)``, how much each
-    cell pulls the score down (where the two faces differ), sums to ``1 - score``; ``faces``
-    are the two aligned RGB faces actually compared; ``cell_edges`` [h + 1] are the cells'
-    pixel edges on those faces (``xcos.models.geometry.grid_edges``), None for equal cells."""
-
-    score: float
-    same: bool
-    threshold: float
-    cos: float
-    patch_cosine: np.ndarray
-    attention: np.ndarray
-    contribution: np.ndarray
-    faces: tuple[np.ndarray, np.ndarray]
-    difference: np.ndarray
-    cell_edges: np.ndarray | None = None
-    cell_regions: list[list[str | None]] | None = None
-
-    @property
-    def most_different_cells(self) -> list[list[int]]:
-        """``[row, col]`` of the 3 cells with the highest ``difference``, highest first."""
-        return most_different_cells(self.difference)
-
-    @property
-    def most_different_regions(self) -> list[dict[str, Any]]:
-        """The ``most_different_cells`` in words: each cell, the facial region covering it
-        (``left_eye``, ``right_eye``, ``nose``, ``mouth``, or None; "left" is the image's
-        left) and its ``share`` of the whole difference (``1 - score``)."""
-        total = float(self.difference.sum())
-        return [
-            {
-                "cell": [row, col],
-                "region": self.cell_regions[row][col] if self.cell_regions else None,
-                "share": float(self.difference[row, col]) / total if total > 0 else 0.0,
-            }
-            for row, col in self.most_different_cells
-        ]
-
-    def figure(self, layout: str = "paper") -> Figure:
-        """The explanation drawn in ``layout``: ``"paper"`` or ``"overlay"``."""
-        if layout not in LAYOUTS:
-            raise ConfigError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
-        return LAYOUTS[layout](
-            self.faces[0],
-            self.faces[1],
-            self.patch_cosine,
-            self.attention,
-            self.score,
-            self.cos,
-            threshold=self.threshold,
-            difference=self.difference,
-            edges=self.cell_edges,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        """The explanation's fields under the API's names, maps as nested lists."""
-        return {
-            "score": self.score,
-            "same": self.same,
-            "threshold": self.threshold,
-            "cos": self.cos,
-            "patch_cosine": self.patch_cosine.tolist(),
-            "attention": self.attention.tolist(),
-            "contribution": self.contribution.tolist(),
-            "difference": self.difference.tolist(),
-            "most_different_cells": self.most_different_cells,
-            "most_different_regions": self.most_different_regions,
-        }
-
-
-@runtime_checkable
-class PairScorer(Protocol):
-    """What the ``Verifier`` runs a model through: PyTorch (``TorchScorer``) or onnxruntime
-    (``xcos.explain.onnx.OnnxScorer``)."""
-
-    input_size: int
-    face_template: str
-    cell_edges: np.ndarray  # [h + 1] pixel edges of the grid cells on a face
-
-    def compare(self, faces: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        """RGB uint8 faces [S, S, 3] given as A, B, A, B, ... -> ``SCORE_KEYS`` [N] and
-        ``MAP_KEYS`` [N, h, w] float32 arrays, in one pass of the backbone."""
-        ...
-
-    def describe(self) -> dict[str, Any]:
-        """``runtime``, ``backbone`` and ``grid`` ([h, w]), for ``Verifier.info``."""
-        ...
-
-
-class TorchScorer:
-    """A ``PairScorer`` running an ``XCosModel`` with PyTorch on ``device``, without
-    gradients."""
-
-    def __init__(self, model: XCosModel, device: str | torch.device = "auto") -> None:
-        self.device = resolve_device(str(device))
-        self.model = model.to(self.device).eval()
-        self.input_size = model.input_size
-        self.face_template = model.face_template
-        self.cell_edges = grid_edges(model.backbone, model.input_size)
-
-    @torch.no_grad()
-    def compare(self, faces: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-        compared = compare_faces(self.model, faces, self.device)
-        return {key: compared[key].float().cpu().numpy() for key in SCORE_KEYS + MAP_KEYS}
-
-    def describe(self) -> dict[str, Any]:
-        cells = len(self.cell_edges) - 1
-        return {
-            "runtime": f"torch {torch.__version__} ({self.device.type})",
-            "backbone": type(self.model.backbone).__name__,
-            "grid": [cells, cells],
-        }
 
 
 class Verifier:
@@ -320,8 +197,6 @@ class Verifier:
     ) -> Verifier:
         """A Verifier running a model exported by ``xcos export --onnx`` on onnxruntime: the
         same decoding, alignment, threshold rules and results as ``from_checkpoint``."""
-        from xcos.explain.onnx import OnnxScorer
-
         scorer = OnnxScorer(path)
         threshold, source = choose_threshold(
             threshold, metrics, scorer.threshold, scorer.threshold_source
@@ -365,22 +240,17 @@ class Verifier:
         threshold = self.require_threshold()
         if not pairs:
             return []
-        out = self.scorer.compare([face for pair in pairs for face in pair])
+        compared = self.scorer.compare([face for pair in pairs for face in pair])
         return [
-            Explanation(
-                score=float(out["xcos"][i]),
-                same=bool(out["xcos"][i] > threshold),
-                threshold=float(threshold),
-                cos=float(out["cos"][i]),
-                patch_cosine=out["patch_cosine"][i],
-                attention=out["attention"][i],
-                contribution=out["patch_cosine"][i] * out["attention"][i],
-                faces=(pairs[i][0], pairs[i][1]),
-                difference=out["difference"][i],
+            Explanation.of_row(
+                compared,
+                row,
+                (face_a, face_b),
+                threshold,
                 cell_edges=self.scorer.cell_edges,
                 cell_regions=self._cell_regions,
             )
-            for i in range(len(pairs))
+            for row, (face_a, face_b) in enumerate(pairs)
         ]
 
     def face(self, image: ImageLike, which: str) -> np.ndarray:

@@ -7,7 +7,8 @@ grid is centred on pixel ``16o`` of a 112-px face: half a cell up and left of th
 ``[16o, 16o + 16)``. Figures, occlusion windows and the faithfulness games use the cells where
 they really are: a backbone states its cells' centres (``cell_centres``), each pixel belongs to
 the cell whose centre is nearest (the border strips to the outermost cells), and a test checks
-this against which cell a small change of the input moves the most.
+this against which cell a small change of the input moves the most. The perturbation losses
+read the same cells: ``box_coverage`` measures a rectangle against ``grid_edges``.
 
 Coordinates are continuous pixel coordinates: pixel ``i`` spans ``[i, i + 1)``.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 if TYPE_CHECKING:
     from xcos.models.backbones.protocol import BackboneProtocol
@@ -39,6 +41,27 @@ def grid_edges(backbone: BackboneProtocol, size: int | None = None) -> np.ndarra
     size = size or backbone.input_size
     centres = grid_centres(backbone)
     return np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [float(size)]])
+
+
+def edge_fractions(backbone: BackboneProtocol) -> tuple[float, ...]:
+    """``grid_edges`` [g + 1] of the backbone's input as fractions of the face side."""
+    size = float(backbone.input_size)
+    return tuple(float(edge) / size for edge in grid_edges(backbone))
+
+
+def box_coverage(boxes: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """[B, g, g]: the share of each grid cell's area inside each box.
+
+    Args:
+        boxes: [B, 4] ``x0, y0, x1, y1`` as fractions of the face side.
+        edges: [g + 1] the cells' edges along either side as fractions of the face side
+            (``edge_fractions``: where the cells really sit, not equal squares).
+    """
+    low, high = edges[None, :-1], edges[None, 1:]
+    x0, y0, x1, y1 = (boxes[:, k, None] for k in range(4))
+    rows = (torch.minimum(high, y1) - torch.maximum(low, y0)).clamp_min(0.0) / (high - low)
+    columns = (torch.minimum(high, x1) - torch.maximum(low, x0)).clamp_min(0.0) / (high - low)
+    return rows[:, :, None] * columns[:, None, :]
 
 
 Spans = list[tuple[int, int]]  # [start, stop) pixels of each cell along a side

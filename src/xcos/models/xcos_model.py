@@ -11,6 +11,7 @@ from torch import nn
 
 from xcos.errors import ConfigError
 from xcos.models.backbones.protocol import BackboneProtocol, missing_members
+from xcos.models.geometry import box_coverage, edge_fractions
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_head import difference_map, patch_cosine
 from xcos.registry import BACKBONES, HEADS, IDENTITY_HEADS, TARGETS
@@ -27,7 +28,9 @@ class XCosModel(nn.Module):
 
     Output keys: ``patch_cosine``, ``attention`` [B, h, w]; ``xcos``, ``cos`` [B];
     ``target_cos`` [B] (when a target is set); ``logits`` [2B, classes] and ``identity`` [2B]
-    (when the identity head is set and identities are in the batch).
+    (when the identity head is set and identities are in the batch); with B* in the batch
+    (``xcos.data.perturb``), the ``compare_perturbed`` outputs and ``perturb_coverage``
+    [B, h, w], the share of each cell inside ``perturb_box`` (the perturbation losses' target).
 
     Args:
         cos: what the plain ``cos`` score is: ``"grid"``, the cosine of the flattened grid
@@ -74,6 +77,9 @@ class XCosModel(nn.Module):
         self.cos_source = cos
         self.freeze_backbone = freeze_backbone
         self.calibrate = calibrate
+        # A plain tuple, not a buffer: checkpoints stay as they were, and compiled graphs
+        # see a constant.
+        self.cell_edge_fractions = edge_fractions(backbone)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -111,19 +117,21 @@ class XCosModel(nn.Module):
 
     def embed(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Descriptors of aligned faces [B, 3, H, W]: ``grid`` (+ ``embedding``), see
-        ``describe``. Slice them with ``select_faces``."""
+        ``describe``. Slice them with ``select_descriptors``."""
         return self.describe(self.backbone_outputs(images))
 
     def compare(
-        self, faces_a: dict[str, torch.Tensor], faces_b: dict[str, torch.Tensor]
+        self, descriptors_a: dict[str, torch.Tensor], descriptors_b: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """xCos comparison of two batches of descriptors (see ``XCosHead.forward``), plus
         ``difference`` [B, h, w]: attention x (1 - patch cosine), how much each cell pulls the
         xCos score down from a perfect match (it sums to ``1 - xcos``). With ``cos`` =
         ``"embedding"``, ``cos`` is the cosine of the backbone's embeddings."""
-        outputs = dict(self.head(faces_a["grid"], faces_b["grid"]))
+        outputs = dict(self.head(descriptors_a["grid"], descriptors_b["grid"]))
         if self.cos_source == "embedding":
-            outputs["cos"] = embedding_cosine(faces_a["embedding"], faces_b["embedding"])
+            outputs["cos"] = embedding_cosine(
+                descriptors_a["embedding"], descriptors_b["embedding"]
+            )
         if self.calibrate:
             outputs.update(calibrated(outputs, outputs["cos"]))
         outputs["difference"] = difference_map(outputs["patch_cosine"], outputs["attention"])
@@ -141,35 +149,45 @@ class XCosModel(nn.Module):
         else:  # one backbone pass for every face
             images = torch.cat([batch[f"image_{side}"] for side in sides])
             backbone_outputs = self.backbone_outputs(images)
-        faces = split_faces(self.describe(backbone_outputs), len(sides))
-        faces_a, faces_b = faces[0], faces[1]
-        outputs = self.compare(faces_a, faces_b)
-        if len(faces) == 3:
-            outputs.update(self.compare_perturbed(faces_a, faces_b, faces[2]))
+        descriptors = split_descriptors(self.describe(backbone_outputs), len(sides))
+        descriptors_a, descriptors_b = descriptors[0], descriptors[1]
+        outputs = self.compare(descriptors_a, descriptors_b)
+        if len(descriptors) == 3:
+            outputs.update(self.compare_perturbed(descriptors_a, descriptors_b, descriptors[2]))
         if self.identity_head is not None and "identity_a" in batch:
             labels = torch.cat([batch["identity_a"], batch["identity_b"]])
-            grids = torch.cat([faces_a["grid"], faces_b["grid"]])
+            grids = torch.cat([descriptors_a["grid"], descriptors_b["grid"]])
             outputs["logits"] = self.identity_head(grids.flatten(1), labels)
             outputs["identity"] = labels
         if self.target is not None:
             outputs["target_cos"] = self.target(batch, outputs)
+        if "perturb_box" in batch:
+            outputs["perturb_coverage"] = self.cell_coverage(batch["perturb_box"])
         return outputs
+
+    def cell_coverage(self, boxes: torch.Tensor) -> torch.Tensor:
+        """[B, h, w]: the share of each grid cell, where it really sits on the face
+        (``geometry.grid_edges``), inside each box [B, 4] (fractions of the face side)."""
+        edges = torch.tensor(self.cell_edge_fractions, dtype=torch.float32, device=boxes.device)
+        return box_coverage(boxes.float(), edges)
 
     def compare_perturbed(
         self,
-        faces_a: dict[str, torch.Tensor],
-        faces_b: dict[str, torch.Tensor],
-        faces_perturbed: dict[str, torch.Tensor],
+        descriptors_a: dict[str, torch.Tensor],
+        descriptors_b: dict[str, torch.Tensor],
+        descriptors_perturbed: dict[str, torch.Tensor],
     ) -> dict[str, torch.Tensor]:
         """Outputs about B*, face B with a rectangle pasted or covered (``xcos.data.perturb``):
         ``perturbed_patch_cosine`` [B, h, w], B against B* cell by cell (gradients reach both
         grids, whatever ``detach_cosine``); ``perturbed_xcos`` [B], ``perturbed_attention``
         and ``perturbed_difference`` (attention x (1 - patch cosine)) [B, h, w], A against
         B*."""
-        against_a = self.head(faces_a["grid"], faces_perturbed["grid"])
-        against_b = self.head(faces_b["grid"], faces_perturbed["grid"])
+        against_a = self.head(descriptors_a["grid"], descriptors_perturbed["grid"])
+        against_b = self.head(descriptors_b["grid"], descriptors_perturbed["grid"])
         return {
-            "perturbed_patch_cosine": patch_cosine(faces_b["grid"], faces_perturbed["grid"]),
+            "perturbed_patch_cosine": patch_cosine(
+                descriptors_b["grid"], descriptors_perturbed["grid"]
+            ),
             "perturbed_xcos": against_a["xcos"],
             "perturbed_attention": against_a["attention"],
             "perturbed_difference": difference_map(
@@ -218,16 +236,18 @@ def embedding_cosine(embedding_a: torch.Tensor, embedding_b: torch.Tensor) -> to
     return (a * b).sum(dim=1).clamp(-1.0, 1.0)
 
 
-def select_faces(faces: dict[str, torch.Tensor], index: Any) -> dict[str, torch.Tensor]:
+def select_descriptors(descriptors: dict[str, torch.Tensor], index: Any) -> dict[str, torch.Tensor]:
     """The descriptors of the faces at ``index`` (any tensor index: slice, indices, mask)."""
-    return {key: value[index] for key, value in faces.items()}
+    return {key: value[index] for key, value in descriptors.items()}
 
 
-def split_faces(faces: dict[str, torch.Tensor], parts: int = 2) -> list[dict[str, torch.Tensor]]:
+def split_descriptors(
+    descriptors: dict[str, torch.Tensor], parts: int = 2
+) -> list[dict[str, torch.Tensor]]:
     """A batch of descriptors cut into ``parts`` equal blocks (the A and B faces of a pair
     batch, and B* when there is one)."""
-    size = next(iter(faces.values())).shape[0] // parts
-    return [select_faces(faces, slice(k * size, (k + 1) * size)) for k in range(parts)]
+    size = next(iter(descriptors.values())).shape[0] // parts
+    return [select_descriptors(descriptors, slice(k * size, (k + 1) * size)) for k in range(parts)]
 
 
 def has_perturbed(batch: dict[str, torch.Tensor]) -> bool:
@@ -235,9 +255,11 @@ def has_perturbed(batch: dict[str, torch.Tensor]) -> bool:
     return "image_perturbed" in batch or "features_perturbed" in batch
 
 
-def faces_to(faces: dict[str, torch.Tensor], device: torch.device | str) -> dict[str, torch.Tensor]:
+def descriptors_to(
+    descriptors: dict[str, torch.Tensor], device: torch.device | str
+) -> dict[str, torch.Tensor]:
     """Descriptors as float32 on ``device``."""
-    return {key: value.float().to(device) for key, value in faces.items()}
+    return {key: value.float().to(device) for key, value in descriptors.items()}
 
 
 def build_model(model_cfg: Any, num_classes: int | None = None) -> XCosModel:

@@ -282,8 +282,8 @@ def score_pairs(
     used = np.unique(pairs)
     subset = {key: value[torch.from_numpy(used)] for key, value in outputs.items()}
     model.eval()
-    faces = describe_outputs(model, subset, device, flip)
-    return compare_pairs(model, faces, np.searchsorted(used, pairs), device)
+    descriptors = describe_outputs(model, subset, device, flip)
+    return compare_pairs(model, descriptors, np.searchsorted(used, pairs), device)
 
 
 def format_results(results: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from xcos.explain.verifier import Explanation
+from xcos.explain.explanation import Explanation
 
 # Matplotlib is not thread-safe (its font cache, text layout): one figure drawn at a time.
 _DRAWING = threading.Lock()
