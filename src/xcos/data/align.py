@@ -55,6 +55,7 @@ from xcos.data.images import (
     open_image,
 )
 from xcos.data.mtcnn import Detections, MTCNNDetector
+from xcos.data.pair_sets import TEMPLATE_SIZES
 from xcos.errors import NoFaceError
 
 __all__ = [
@@ -107,7 +108,10 @@ DLIB_CHIP_TEMPLATE = np.array(
 )
 
 #: Template name -> (landmarks, side of the crop they are given for).
-TEMPLATES = {"arcface": (ARCFACE_TEMPLATE, 112), "dlib": (DLIB_CHIP_TEMPLATE, 150)}
+TEMPLATES = {
+    "arcface": (ARCFACE_TEMPLATE, TEMPLATE_SIZES["arcface"]),
+    "dlib": (DLIB_CHIP_TEMPLATE, TEMPLATE_SIZES["dlib"]),
+}
 
 
 def face_template(name: str = "arcface", image_size: int | None = None) -> np.ndarray:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from xcos.data.align import face_template
+from xcos.data.pair_sets import TEMPLATE_SIZES
 from xcos.data.pasting import box_mask, ellipse_mask, paste
 from xcos.models.geometry import Spans, pixel_spans
 
@@ -55,7 +56,7 @@ def region_masks(template: str = "arcface", image_size: int | None = None) -> di
         image_size: the side of the aligned faces (default: the template's own).
     """
     points = face_template(template, image_size)
-    size = round(image_size or (112 if template == "arcface" else 150))
+    size = round(image_size or TEMPLATE_SIZES[template])
     left_eye, right_eye, nose, mouth_left, mouth_right = points
     eyes = np.linalg.norm(right_eye - left_eye)
     eye_axes = (_EYE_AXES[0] * eyes, _EYE_AXES[1] * eyes)
