@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from tests.conftest import require_dlib_weights, require_shared
+from xcos.checkpoints import save_checkpoint
 from xcos.cli import main
 from xcos.config import ModelConfig, from_dict
 from xcos.errors import CheckpointError, ConfigError
 from xcos.explain.builtin import builtin_path, load_builtin, write_builtin
 from xcos.explain.verifier import Verifier
 from xcos.models.xcos_model import build_model, split_faces
-from xcos.weights_io import save_checkpoint
 
 DLIB_L2 = {
     "backbone": {"type": "dlib_resnet", "level": 2, "weights": "auto"},

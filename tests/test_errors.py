@@ -13,9 +13,9 @@ import torch
 
 import xcos.cli
 from tests.conftest import DEMO_CONFIG, REPO, MaliciousPayload
+from xcos.checkpoints import read_weights
 from xcos.cli import main
 from xcos.errors import CheckpointError, CheckpointNotFoundError, XcosError
-from xcos.weights_io import read_weights
 
 # (public module, class name, the built-in base it had before xcos.errors existed)
 PUBLIC_ERRORS = [
@@ -168,7 +168,7 @@ def test_no_other_torch_load_in_the_package():
     callers = [
         str(path.relative_to(REPO))
         for path in (REPO / "src" / "xcos").rglob("*.py")
-        if "torch.load(" in path.read_text(encoding="utf-8") and path.name != "weights_io.py"
+        if "torch.load(" in path.read_text(encoding="utf-8") and path.name != "checkpoints.py"
     ]
     assert not callers
 

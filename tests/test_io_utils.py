@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+from xcos.checkpoints import check_fit
 from xcos.errors import CheckpointError, DataError
 from xcos.io_utils import atomic_folder, atomic_save_json, atomic_write, read_manifest
-from xcos.weights_io import check_fit
 
 
 def test_atomic_write_leaves_the_old_file_and_no_temporary_on_error(tmp_path):

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from xcos.checkpoints import read_weights, save_checkpoint
 from xcos.errors import CheckpointError
-from xcos.weights_io import read_weights, save_checkpoint
 
-# Re-exported for compatibility: save_checkpoint lives in xcos.weights_io, load_weights in
+# Re-exported for compatibility: save_checkpoint lives in xcos.checkpoints, load_weights in
 # xcos.models.loading (imported on first use: models import this module's save_checkpoint).
 __all__ = ["load_checkpoint", "save_checkpoint"]  # and load_weights, via __getattr__
 

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from xcos.cache import cache_root
+from xcos.checkpoints import read_weights, save_checkpoint
 from xcos.config import EffectSettings
 from xcos.data.image_folder import IdentityPairs, split_key
 from xcos.data.pasting import box_mask, ellipse_mask, paste
@@ -36,7 +37,6 @@ from xcos.explain.effects import cell_effects
 from xcos.models.geometry import grid_edges, pixel_spans
 from xcos.models.xcos_model import XCosModel
 from xcos.progress import progress
-from xcos.weights_io import read_weights, save_checkpoint
 
 log = logging.getLogger(__name__)
 

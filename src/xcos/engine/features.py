@@ -18,12 +18,12 @@ import torch
 from torch.utils.data import Dataset
 
 from xcos.cache import cache_root
+from xcos.checkpoints import read_weights, save_checkpoint
 from xcos.data.image_folder import IdentityPairs
 from xcos.data.images import to_image, to_tensor
 from xcos.errors import ConfigError
 from xcos.models.xcos_model import XCosModel
 from xcos.progress import progress
-from xcos.weights_io import read_weights, save_checkpoint
 
 log = logging.getLogger(__name__)
 

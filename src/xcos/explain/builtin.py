@@ -17,12 +17,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from xcos.checkpoints import save_checkpoint
 from xcos.config import ModelConfig, from_dict
 from xcos.errors import CheckpointError, ConfigError
 from xcos.io_utils import file_sha256
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import XCosModel, build_model, inference_config
-from xcos.weights_io import save_checkpoint
 
 __all__ = ["BUILTIN", "builtin_path", "load_builtin", "write_builtin"]
 

@@ -26,13 +26,13 @@ from torch import nn
 
 # Registers iresnet; importing it runs the package __init__, which registers ir / ir_se.
 import xcos.models.backbones.arcface_torch  # noqa: F401
+from xcos.checkpoints import check_fit, save_checkpoint
 from xcos.config import ModelConfig, from_dict
 from xcos.config_types import ConfigError
 from xcos.errors import CheckpointError
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import build_model
 from xcos.registry import BACKBONES
-from xcos.weights_io import check_fit, save_checkpoint
 
 __all__ = [
     "ARCHITECTURES",

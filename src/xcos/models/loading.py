@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xcos.checkpoints import check_fit
 from xcos.config import ModelConfig
 from xcos.models.targets import load_state_dict
 from xcos.models.xcos_model import XCosModel, build_model, inference_config
-from xcos.weights_io import check_fit
 
 log = logging.getLogger(__name__)
 

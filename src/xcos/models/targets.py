@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcos.checkpoints import check_fit, read_weights
 from xcos.errors import CheckpointError
 from xcos.registry import BACKBONES, TARGETS
-from xcos.weights_io import check_fit, read_weights
 
 TARGET_BACKBONE = "model.target.backbone"
 

@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcos.checkpoints import check_fit
 from xcos.errors import ConfigError
 from xcos.models.backbones.protocol import BackboneProtocol, missing_members
 from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_head import difference_map, patch_cosine
 from xcos.registry import BACKBONES, HEADS, IDENTITY_HEADS, TARGETS
-from xcos.weights_io import check_fit
 
 
 class XCosModel(nn.Module):

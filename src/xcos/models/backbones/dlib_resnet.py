@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xcos.cache import cache_root
+from xcos.checkpoints import save_checkpoint
 from xcos.errors import ConfigError
 from xcos.io_utils import file_sha256
 from xcos.models.dlib_format import (
@@ -45,7 +46,6 @@ from xcos.models.dlib_format import (
 from xcos.models.geometry import strided_centres
 from xcos.models.targets import load_state_dict
 from xcos.registry import BACKBONES
-from xcos.weights_io import save_checkpoint
 
 __all__ = ["Affine", "DlibResNet", "cached_dlib_weights", "convert_dlib_weights"]
 
