@@ -13,7 +13,7 @@ import torch
 
 import xcos.cli
 from tests.conftest import DEMO_CONFIG, REPO, MaliciousPayload
-from xcos.checkpoints import read_weights
+from xcos.checkpoints import read_checkpoint
 from xcos.cli import main
 from xcos.errors import CheckpointError, CheckpointNotFoundError, XcosError
 
@@ -109,7 +109,7 @@ def test_a_project_error_from_anywhere_is_a_user_error(monkeypatch, capsys):
     assert capsys.readouterr().err == "error: -p 'w.pth': not a PyTorch checkpoint (test)\n"
 
 
-# ----------------------------------------------------------------------------- read_weights
+# ----------------------------------------------------------------------------- read_checkpoint
 
 
 class _Custom:
@@ -127,16 +127,16 @@ def _not_checkpoints(folder: Path) -> dict[str, Path]:
     return files
 
 
-def test_read_weights_reads_a_state_dict(tmp_path):
+def test_read_checkpoint_reads_a_state_dict(tmp_path):
     torch.save({"w": torch.arange(3)}, tmp_path / "w.pth")
-    assert read_weights(tmp_path / "w.pth", "-p")["w"].tolist() == [0, 1, 2]
+    assert read_checkpoint(tmp_path / "w.pth", "-p")["w"].tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize("name", ["text", "random", "pickle", "custom", "empty"])
-def test_read_weights_refuses_what_is_not_a_checkpoint(tmp_path, name):
+def test_read_checkpoint_refuses_what_is_not_a_checkpoint(tmp_path, name):
     path = _not_checkpoints(tmp_path)[name]
     with pytest.raises(CheckpointError) as raised:
-        read_weights(path, "-p weights")
+        read_checkpoint(path, "-p weights")
     message = str(raised.value)
     assert message.startswith(f"-p weights {str(path)!r}: not a PyTorch checkpoint (")
     assert "weights_only" not in message and "\n" not in message
@@ -144,27 +144,27 @@ def test_read_weights_refuses_what_is_not_a_checkpoint(tmp_path, name):
         assert "_Custom" in message
 
 
-def test_read_weights_runs_no_code(tmp_path):
+def test_read_checkpoint_runs_no_code(tmp_path):
     marker = tmp_path / "marker"
     torch.save({"w": MaliciousPayload(marker)}, tmp_path / "evil.pth")
     with pytest.raises(CheckpointError, match=r"evil\.pth': not a PyTorch checkpoint .*_leave"):
-        read_weights(tmp_path / "evil.pth", "-p")
+        read_checkpoint(tmp_path / "evil.pth", "-p")
     assert not marker.exists()
 
 
-def test_read_weights_missing_file_and_folder(tmp_path):
+def test_read_checkpoint_missing_file_and_folder(tmp_path):
     with pytest.raises(
         CheckpointNotFoundError, match=r"-r: checkpoint '.*nope\.pth'.*no such file"
     ):
-        read_weights(tmp_path / "nope.pth", "-r: checkpoint")
+        read_checkpoint(tmp_path / "nope.pth", "-r: checkpoint")
     with pytest.raises(FileNotFoundError):  # still the built-in type callers may catch
-        read_weights(tmp_path / "nope.pth", "-r: checkpoint")
+        read_checkpoint(tmp_path / "nope.pth", "-r: checkpoint")
     with pytest.raises(CheckpointError, match="not a file"):
-        read_weights(tmp_path, "-p")
+        read_checkpoint(tmp_path, "-p")
 
 
 def test_no_other_torch_load_in_the_package():
-    """read_weights is the only reader: one place keeps weights_only=True."""
+    """read_checkpoint is the only reader: one place keeps weights_only=True."""
     callers = [
         str(path.relative_to(REPO))
         for path in (REPO / "src" / "xcos").rglob("*.py")

@@ -1,13 +1,10 @@
-"""The shared atomic writers, manifest reader and weights-fit check."""
+"""The shared atomic writers and manifest reader."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from torch import nn
 
-from xcos.checkpoints import check_fit
-from xcos.errors import CheckpointError, DataError
+from xcos.errors import DataError
 from xcos.io_utils import atomic_folder, atomic_save_json, atomic_write, read_manifest
 
 
@@ -45,18 +42,3 @@ def test_read_manifest_names_the_file(tmp_path):
         read_manifest(path, "missing; make one", "rewrite it")
     atomic_save_json({"format": "x"}, path)
     assert read_manifest(path, "", "") == {"format": "x"}
-
-
-def test_check_fit_reports_missing_unexpected_and_shapes():
-    model = nn.Linear(3, 2)
-    state = {"weight": torch.zeros(2, 4), "extra": torch.zeros(1)}
-    with pytest.raises(CheckpointError) as caught:
-        check_fit(state, model, "'w.pth'", "the model")
-    message = str(caught.value)
-    assert message.startswith("'w.pth' does not fit the model (a checkpoint of another")
-    assert "1 missing (first: bias)" in message and "1 unexpected (first: extra)" in message
-    assert "1 with the wrong shape (file vs model) (first: weight (2, 4) vs (2, 3))" in message
-    # Not strict: missing and unexpected keys are returned, not raised.
-    assert check_fit({"weight": torch.zeros(2, 3)}, model, "w", strict=False) == (["bias"], [])
-    with pytest.raises(CheckpointError, match="shares no parameter name"):
-        check_fit({"other": torch.zeros(1)}, model, "w", strict=False)

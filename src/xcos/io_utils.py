@@ -3,9 +3,10 @@ digests a file.
 
 A crash at any point leaves either the previous file (or folder) or the new one, never a
 partial one: the data go to a hidden temporary sibling (same folder, so the same filesystem),
-are fsynced, and are renamed into place. Checkpoints, the feature and face caches, packs,
-shards and SynthFaces sets all go through here. This module lives outside ``xcos.engine`` so
-that models, importers and data code need not import the training engine.
+are fsynced, and are renamed into place. Checkpoints and the feature and effect caches
+(through ``xcos.checkpoints``), packs, shards and SynthFaces sets all go through here. This
+module lives outside ``xcos.engine`` so that models, importers and data code need not import
+the training engine, and it never imports torch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from xcos.errors import DataError
 
 __all__ = [
     "atomic_folder",
-    "atomic_save",
     "atomic_save_json",
     "atomic_write",
     "file_sha256",
@@ -53,14 +53,6 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
         Path(temporary).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)``, atomically (see ``atomic_write``)."""
-    import torch  # here, so that data code importing this module does not load torch
-
-    with atomic_write(path) as stream:
-        torch.save(obj, stream)
 
 
 def atomic_save_json(obj: Any, path: str | Path, **dumps: Any) -> None:

@@ -16,7 +16,7 @@ from xcos.errors import ConfigError
 from xcos.evaluation.evaluator import PairSetResult, evaluate_pair_set, explain_pairs, pick_examples
 from xcos.evaluation.roc import roc_figure, roc_points
 from xcos.explain.figures import example_figure, save_figure
-from xcos.models.loading import build_and_load
+from xcos.models.xcos_model import build_and_load
 from xcos.runtime import autocast_factory, seed_everything
 
 log = logging.getLogger(__name__)

@@ -28,6 +28,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from xcos.checkpoints import read_checkpoint, state_dict_of
 from xcos.config import ModelConfig, from_dict
 from xcos.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -50,9 +51,7 @@ from xcos.explain.figures import LAYOUTS, most_different_cells
 from xcos.explain.regions import cell_regions
 from xcos.io_utils import file_sha256
 from xcos.models.geometry import grid_edges
-from xcos.models.loading import build_and_load
-from xcos.models.targets import read_checkpoint, state_dict_of
-from xcos.models.xcos_model import XCosModel
+from xcos.models.xcos_model import XCosModel, build_and_load
 from xcos.runtime import resolve_device
 
 #: A file path, encoded image bytes (an upload), a PIL image, an RGB uint8 array, or a
