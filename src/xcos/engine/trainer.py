@@ -17,9 +17,9 @@ from xcos.config import Config, ConfigError
 from xcos.data.image_folder import IdentityPairs
 from xcos.data.pair_sets import load_pair_set
 from xcos.distributed import Distributed
+from xcos.engine.data_loaders import EpochSampler, build_train_loader
 from xcos.engine.effect_targets import with_effect_targets
 from xcos.engine.features import cached_backbone_outputs, with_cached_features
-from xcos.engine.loading import EpochSampler, build_train_loader
 from xcos.engine.optim import build_optimizers, build_schedulers
 from xcos.engine.run_checkpoint import (
     read_run_checkpoint,
