@@ -384,7 +384,7 @@ class OnnxScorer:
             for name, out in zip(OUTPUT_NAMES, outputs, strict=True)
         }
 
-    def describe(self) -> dict[str, Any]:
+    def runtime_info(self) -> dict[str, Any]:
         cells = len(self.cell_edges) - 1
         return {
             "runtime": self.runtime,

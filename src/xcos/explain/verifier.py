@@ -151,7 +151,7 @@ class PairScorer(Protocol):
         ``MAP_KEYS`` [N, h, w] float32 arrays, in one pass of the backbone."""
         ...
 
-    def describe(self) -> dict[str, Any]:
+    def runtime_info(self) -> dict[str, Any]:
         """``runtime``, ``backbone`` and ``grid`` ([h, w]), for ``Verifier.info``."""
         ...
 
@@ -172,7 +172,7 @@ class TorchScorer:
         compared = compare_faces(self.model, faces, self.device)
         return {key: compared[key].float().cpu().numpy() for key in SCORE_KEYS + MAP_KEYS}
 
-    def describe(self) -> dict[str, Any]:
+    def runtime_info(self) -> dict[str, Any]:
         cells = len(self.cell_edges) - 1
         return {
             "runtime": f"torch {torch.__version__} ({self.device.type})",
@@ -239,7 +239,7 @@ class Verifier:
         ``grid`` [h, w], ``input_size``, ``face_template``, ``threshold``,
         ``threshold_source``, ``checkpoint`` (file name) and ``checkpoint_sha256``."""
         return {
-            **self.scorer.describe(),
+            **self.scorer.runtime_info(),
             "input_size": self.scorer.input_size,
             "face_template": self.scorer.face_template,
             "threshold": self.threshold,
