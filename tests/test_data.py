@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xcos.data.image_folder import DataError, ImageFolderPairs
-from xcos.data.images import BadImageError, UnalignedImageError, read_rgb, to_image, to_tensor
+from xcos.data.image_folder import ImageFolderPairs
+from xcos.data.images import read_rgb, to_image, to_tensor
 from xcos.data.pair_sets import load_pair_set, read_pair_csv
+from xcos.errors import BadImageError, DataError, UnalignedImageError
 
 
 def write_faces(root, counts, size=16):

@@ -16,7 +16,8 @@ from xcos.checkpoints import load_weights_file
 from xcos.engine import tester as tester_module
 from xcos.engine import trainer as trainer_module
 from xcos.engine.tester import run_test
-from xcos.engine.trainer import NonFiniteLossError, Trainer
+from xcos.engine.trainer import Trainer
+from xcos.errors import NonFiniteLossError
 from xcos.evaluation.evaluator import evaluate_pair_set
 from xcos.runtime import resolve_device
 

@@ -16,9 +16,10 @@ from PIL import Image
 from tests.conftest import DEMO_CONFIG
 from xcos.cli import main
 from xcos.config import load_config
-from xcos.data.image_folder import DataError, ImageFolderPairs
-from xcos.data.images import UnalignedImageError, image_size, read_face
+from xcos.data.image_folder import ImageFolderPairs
+from xcos.data.images import image_size, read_face
 from xcos.data.pair_sets import PairSet, load_pair_set
+from xcos.errors import DataError, UnalignedImageError
 from xcos.evaluation.evaluator import evaluate_pair_set
 from xcos.models.xcos_model import build_model
 

@@ -28,8 +28,8 @@ from xcos.cli_recognizers import (
 )
 from xcos.cli_report import add_report_parser, decision_arguments, report_command
 from xcos.cli_serve import add_serve_parser, serve_command
-from xcos.config import Config, ConfigError, config_diff, load_config, merge_layers
-from xcos.errors import XcosError
+from xcos.config import Config, config_diff, load_config, merge_layers
+from xcos.errors import ConfigError, XcosError
 from xcos.version import package_version
 
 log = logging.getLogger("xcos")

@@ -36,7 +36,7 @@ def add_import_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def import_command(args: argparse.Namespace) -> int:
-    from xcos.config import ConfigError
+    from xcos.errors import ConfigError
 
     if args.source == "dlib":
         from xcos.models.backbones.dlib_resnet import convert_dlib_weights

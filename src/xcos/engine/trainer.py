@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from xcos.checkpoints import load_weights, state_dict_of
-from xcos.config import Config, ConfigError
+from xcos.config import Config
 from xcos.data.image_folder import IdentityPairs
 from xcos.data.pair_sets import load_pair_set
 from xcos.distributed import Distributed
@@ -27,7 +27,7 @@ from xcos.engine.run_checkpoint import (
     write_run_checkpoint,
 )
 from xcos.engine.run_log import RunLog
-from xcos.errors import NonFiniteLossError  # re-exported: defined in xcos.errors
+from xcos.errors import ConfigError, NonFiniteLossError
 from xcos.evaluation.evaluator import evaluate_pair_set
 from xcos.models.xcos_model import XCosModel, build_and_load
 from xcos.registry import DATASETS, LOSSES

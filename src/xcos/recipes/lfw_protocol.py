@@ -28,11 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from xcos.config import Config, ConfigError, load_config
+from xcos.config import Config, load_config
 from xcos.data.lfw import read_lfw
 from xcos.data.lfw_people import LFWFaceStore
 from xcos.engine.features import cached_backbone_outputs
 from xcos.engine.trainer import Trainer
+from xcos.errors import ConfigError
 from xcos.evaluation.evaluator import compare_pairs, describe_outputs
 from xcos.evaluation.verification import held_out_accuracy, kfold_accuracy
 from xcos.models.xcos_model import XCosModel, build_model
