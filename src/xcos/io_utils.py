@@ -36,15 +36,18 @@ __all__ = [
 
 
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; on a clean exit it is fsynced and
-    renamed to ``path``, on an exception it is deleted and ``path`` is left as it was."""
+def atomic_write(
+    path: str | Path, mode: str = "wb", newline: str | None = None
+) -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing (``newline`` as ``open`` takes it:
+    ``""`` for the csv module); on a clean exit it is fsynced and renamed to ``path``, on an
+    exception it is deleted and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(handle, mode, encoding=encoding) as stream:
+        with os.fdopen(handle, mode, encoding=encoding, newline=newline) as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
@@ -56,9 +59,12 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
 
 
 def atomic_save_json(obj: Any, path: str | Path, **dumps: Any) -> None:
-    """``obj`` as JSON text (``json.dumps(obj, **dumps)`` plus a newline), atomically."""
+    """``obj`` as JSON text (``json.dumps(obj, **dumps)`` plus a newline), atomically: how
+    run outputs (``metrics.json``, ``results.json``, config copies) are written, so that a
+    crash or a full disk leaves the previous file whole."""
+    text = json.dumps(obj, **dumps) + "\n"  # an object JSON cannot hold fails before any write
     with atomic_write(path, "w") as stream:
-        stream.write(json.dumps(obj, **dumps) + "\n")
+        stream.write(text)
 
 
 def write_synced(path: Path, write: Callable[[BinaryIO], object]) -> None:
