@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import REPO
 from xcos.checkpoints import (
     check_fit,
     load_weights,
@@ -36,6 +37,18 @@ def states_equal(a: dict, b: dict) -> bool:
 
 
 # ----------------------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize("call", ["torch.load(", "torch.save("])
+def test_the_package_reads_and_writes_torch_files_in_one_module(call):
+    """read_checkpoint keeps weights_only=True and write_checkpoint atomicity in one place."""
+    package = REPO / "src" / "xcos"
+    callers = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if call in path.read_text(encoding="utf-8")
+    ]
+    assert callers == ["checkpoints.py"]
 
 
 @pytest.mark.parametrize(

@@ -203,16 +203,6 @@ def test_read_checkpoint_missing_file_and_folder(tmp_path):
         read_checkpoint(tmp_path, "-p")
 
 
-def test_no_other_torch_load_in_the_package():
-    """read_checkpoint is the only reader: one place keeps weights_only=True."""
-    callers = [
-        str(path.relative_to(REPO))
-        for path in (REPO / "src" / "xcos").rglob("*.py")
-        if "torch.load(" in path.read_text(encoding="utf-8") and path.name != "checkpoints.py"
-    ]
-    assert not callers
-
-
 @pytest.mark.parametrize("name", ["text", "pickle", "custom"])
 def test_cli_names_a_file_that_is_not_a_checkpoint(tmp_path, capsys, name):
     path = _not_checkpoints(tmp_path)[name]
