@@ -119,7 +119,7 @@ def import_recognizer(weights: str | Path, arch: str, out: str | Path) -> Path:
     state = _read_float32(weights, "import_recognizer")
     expected = _shapes(_build_backbone(backbone_cfg))
     state = _fill_batch_counters(state, expected)
-    check_fit(state, expected, f"import_recognizer: {str(weights)!r}", f"architecture {arch!r}")
+    check_fit(state, expected, f"import_recognizer {str(weights)!r}", f"architecture {arch!r}")
     record = {
         "format": RECOGNIZER_FORMAT,
         "version": FILE_FORMATS[RECOGNIZER_FORMAT],
@@ -175,7 +175,7 @@ def import_xcos_released(weights: str | Path, out: str | Path) -> Path:
     following BatchNorm and single-slope PReLUs are widened, both exactly. The output holds
     ``model`` (the state dict) and ``config`` (``{"name", "model"}``). Returns ``out``.
     """
-    source = f"import_xcos_released: {str(weights)!r}"
+    source = f"import_xcos_released {str(weights)!r}"
     state = _rename_released(_read_float32(weights, "import_xcos_released"))
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = build_model(from_dict(ModelConfig, copy.deepcopy(RELEASED_MODEL_CONFIG), "model"))

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from xcos.checkpoints import load_weights, load_weights_file, read_state_dict
-from xcos.config import ModelConfig
 from xcos.errors import ConfigError
 from xcos.models.backbones.protocol import BackboneProtocol, missing_members
 from xcos.models.xcos_head import difference_map, patch_cosine
@@ -291,7 +290,7 @@ def inference_config(model_cfg: Any) -> Any:
 
 
 def build_and_load(
-    model_cfg: ModelConfig,
+    model_cfg: Any,
     weights: str | Path | None = None,
     *,
     num_classes: int | None = None,
@@ -299,8 +298,9 @@ def build_and_load(
     device: torch.device | str | None = None,
     state: dict[str, torch.Tensor] | None = None,
 ) -> XCosModel:
-    """Build the model of ``model_cfg`` and load ``weights`` (``-p``) into it, if given: the
-    one way the Trainer, the Tester and the Verifier make a model.
+    """Build the model of ``model_cfg`` (the ``model`` section of a ``Config``, like
+    ``build_model``) and load ``weights`` (``-p``) into it, if given: the one way the Trainer,
+    the Tester and the Verifier make a model.
 
     ``inference`` builds the model for scoring only (``inference_config``: no identity head,
     no target network); ``device`` moves it there before loading; ``state`` is the state dict
