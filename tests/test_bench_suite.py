@@ -198,8 +198,14 @@ def test_onnx_vs_torch_prints_both_runtimes_and_their_ratio(tiny_checkpoint):
         re.MULTILINE,
     )
     assert [int(row[0]) for row in rows] == [1, 3], out.stdout
-    for _, torch_rate, ort_rate, ratio, max_diff in rows:
-        assert float(ratio) == pytest.approx(float(ort_rate) / float(torch_rate), rel=0.02)
+    for _, *printed, max_diff in rows:
+        torch_rate, ort_rate, ratio = map(float, printed)
+        # Rates are printed to 0.1 and the ratio to 0.01, so the true rates lie within 0.05 of
+        # the printed ones and the ratio must be one they allow: on a loaded machine a rate
+        # near 1 pair/s moves by several percent in rounding alone.
+        low = (ort_rate - 0.05) / (torch_rate + 0.05) - 0.005
+        high = (ort_rate + 0.05) / max(torch_rate - 0.05, 1e-9) + 0.005
+        assert low <= ratio <= high, (torch_rate, ort_rate, ratio)
         assert float(max_diff) <= 1e-4
 
 
