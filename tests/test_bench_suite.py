@@ -37,6 +37,7 @@ def bench(monkeypatch):
     return importlib.import_module
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_every_section_on_cpu():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -60,6 +61,7 @@ def test_gpu_check_smoke_runs_every_section_on_cpu():
     assert re.search(r"Trainer vs bare loop .*: [0-9.]+ vs [0-9.]+ images/s", summary)
 
 
+@pytest.mark.slow
 def test_flops_of_ir_se_50_at_112(bench):
     gpu_check = bench("gpu_check")
     config = gpu_check.check_config(gpu_check.Sizes(classes=100), self_target=True)
@@ -187,6 +189,7 @@ def test_a_failing_section_is_reported_and_the_next_one_runs(bench, capsys):
     assert "== broken ==" in out and "no compiler" in out and "still running" in out
 
 
+@pytest.mark.slow
 def test_onnx_vs_torch_prints_both_runtimes_and_their_ratio(tiny_checkpoint):
     require_module("onnxruntime")
     script = BENCH / "onnx_vs_torch.py"
@@ -203,6 +206,7 @@ def test_onnx_vs_torch_prints_both_runtimes_and_their_ratio(tiny_checkpoint):
         assert float(max_diff) <= 1e-4
 
 
+@pytest.mark.slow
 def test_serve_load_compares_batching_on_and_off_on_loopback_only(tiny_checkpoint, tiny_synth):
     script = BENCH / "serve_load.py"
     refused = subprocess.run(
@@ -220,6 +224,7 @@ def test_serve_load_compares_batching_on_and_off_on_loopback_only(tiny_checkpoin
     assert re.search(r"requests/s, batching on / off: [\d.]+x", out), out
 
 
+@pytest.mark.slow
 def test_align_bench_compares_detectors_on_the_same_lfw_images():
     lfw = require_shared("data/lfw")
     argv = [sys.executable, str(BENCH / "align.py"), "--lfw", str(lfw), "--images", "6"]

@@ -205,7 +205,7 @@ def test_pickled_store_carries_no_pixels(packed):
     assert len(pickle.dumps(store)) < 10_000 and np.array_equal(copy[20], store[20])
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_data_loader_with_workers(packed, context):
     shards = ShardPairs(str(packed))
     shards.set_epoch(1)
