@@ -43,7 +43,8 @@ def require_module(name: str) -> ModuleType:
 
 def require_dlib_weights() -> Path:
     """dlib's face-recognition .dat; skip when absent, fail instead when XCOS_REQUIRE_DATA=1."""
-    from xcos.models.dlib_format import DlibWeightsNotFoundError, find_dlib_weights
+    from xcos.errors import DlibWeightsNotFoundError
+    from xcos.models.dlib_format import find_dlib_weights
 
     try:
         return Path(find_dlib_weights())

@@ -30,8 +30,8 @@ from xcos.data.align import (
     similarity_transform,
     warp_affine,
 )
-from xcos.data.image_folder import DataError
-from xcos.data.images import BadImageError, read_rgb
+from xcos.data.images import read_rgb
+from xcos.errors import BadImageError, DataError
 
 
 def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:

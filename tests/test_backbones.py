@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import xcos.models.backbones  # noqa: F401  (registers the backbones)
-from xcos.config_types import ConfigError
+from xcos.errors import ConfigError
 from xcos.registry import BACKBONES
 
 REPO = Path(__file__).resolve().parents[1]

@@ -309,7 +309,11 @@ def test_onnx_vs_torch_prints_both_runtimes_and_their_ratio(tiny_checkpoint):
     )
     assert [int(row[0]) for row in rows] == [1, 3], out.stdout
     for _, torch_rate, ort_rate, ratio, max_diff in rows:
-        assert float(ratio) == pytest.approx(float(ort_rate) / float(torch_rate), rel=0.02)
+        # Rates are printed to 0.1 and the ratio to 0.01: on a loaded machine a rate near
+        # 1 pair/s moves by several percent in rounding alone, so the ratio must be one that
+        # the printed rates allow.
+        quotient = Rounded.of(ort_rate) / Rounded.of(torch_rate)
+        assert quotient.allows(Rounded.of(ratio)), (torch_rate, ort_rate, ratio)
         assert float(max_diff) <= 1e-4
 
 

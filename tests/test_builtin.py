@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from tests.conftest import require_dlib_weights, require_shared
+from xcos.checkpoints import write_checkpoint
 from xcos.cli import main
 from xcos.config import ModelConfig, from_dict
 from xcos.errors import CheckpointError, ConfigError
 from xcos.explain.builtin import builtin_path, load_builtin, write_builtin
 from xcos.explain.verifier import Verifier
 from xcos.models.xcos_model import build_model, split_descriptors
-from xcos.weights_io import save_checkpoint
 
 DLIB_L2 = {
     "backbone": {"type": "dlib_resnet", "level": 2, "weights": "auto"},
@@ -31,7 +31,7 @@ def fake_run(tmp_path, model_cfg: dict, threshold: float | None = 0.9):
     model = build_model(from_dict(ModelConfig, model_cfg, "model"))
     path = tmp_path / "best.pth"
     state = {"model": model.state_dict(), "config": {"model": model_cfg}, "threshold": threshold}
-    save_checkpoint(state, path)
+    write_checkpoint(state, path)
     return model.eval(), path
 
 

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from tests.conftest import DEMO_CONFIG, REPO
-from xcos.config import ConfigError, config_diff, deep_merge, load_config, parse_override
+from xcos.config import config_diff, deep_merge, load_config, parse_override
+from xcos.errors import ConfigError
 from xcos.registry import BACKBONES, Registry
 
 

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xcos.data.image_folder import DataError, ImageFolderPairs
-from xcos.data.images import BadImageError, UnalignedImageError, read_rgb, to_image, to_tensor
+from xcos.data.image_folder import ImageFolderPairs
+from xcos.data.images import read_rgb, to_image, to_tensor
 from xcos.data.pair_set_specs import load_pair_set
 from xcos.data.pair_sets import read_pair_csv
+from xcos.errors import BadImageError, DataError, UnalignedImageError
 
 
 def write_faces(root, counts, size=16):

@@ -20,8 +20,8 @@ from tests.conftest import DEMO_CONFIG, REPO, tiny_overrides
 from xcos.config import load_config
 from xcos.data.pair_set_specs import load_pair_set
 from xcos.distributed import Distributed, init_distributed, shutdown_distributed
+from xcos.engine.data_loaders import EpochSampler
 from xcos.engine.features import compute_backbone_outputs
-from xcos.engine.loading import EpochSampler
 from xcos.engine.trainer import Trainer
 from xcos.evaluation.evaluator import assemble_scores, evaluate_pair_set, score_pair_set
 

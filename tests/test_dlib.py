@@ -14,15 +14,11 @@ import torch
 
 from tests.conftest import require_shared
 from xcos.data.images import read_rgb, to_tensor
+from xcos.errors import DlibFormatError, DlibWeightsNotFoundError
 from xcos.models import dlib_format
 from xcos.models.backbones import dlib_resnet
 from xcos.models.backbones.dlib_resnet import DlibResNet, add_prev, convert_dlib_weights
-from xcos.models.dlib_format import (
-    DlibFormatError,
-    DlibWeightsNotFoundError,
-    find_dlib_weights,
-    read_dlib_resnet,
-)
+from xcos.models.dlib_format import find_dlib_weights, read_dlib_resnet
 from xcos.registry import BACKBONES
 
 ORACLE_FACES = 24  # the first LFW images (sorted) where dlib's HOG detector finds a face

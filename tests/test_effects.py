@@ -214,8 +214,8 @@ def test_training_pairs_carry_measured_effects_cached_once(tiny_config, tmp_path
 
 
 def test_effects_need_cached_backbone_outputs(tiny_config, tmp_path, monkeypatch):
-    from xcos.config import ConfigError
     from xcos.engine.trainer import Trainer
+    from xcos.errors import ConfigError
 
     monkeypatch.setenv("XCOS_CACHE", str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match=r"data\.effects"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib
 import os
 import pickle
 from pathlib import Path
@@ -13,34 +12,75 @@ import pytest
 import torch
 
 from tests.conftest import DEMO_CONFIG, REPO, MaliciousPayload
+from xcos import errors
+from xcos.checkpoints import read_checkpoint
 from xcos.cli import main
 from xcos.cli.program import COMMANDS
 from xcos.errors import CheckpointError, CheckpointNotFoundError, XcosError
-from xcos.weights_io import read_weights
 
-# (public module, class name, the built-in base it had before xcos.errors existed)
+# (class name, the built-in base it had before xcos.errors existed)
 PUBLIC_ERRORS = [
-    ("xcos.config", "ConfigError", ValueError),
-    ("xcos.config_types", "ConfigError", ValueError),
-    ("xcos.data.images", "DataError", ValueError),
-    ("xcos.data.image_folder", "DataError", ValueError),
-    ("xcos.data.images", "BadImageError", ValueError),
-    ("xcos.data.images", "UnalignedImageError", ValueError),
-    ("xcos.engine.trainer", "NonFiniteLossError", RuntimeError),
-    ("xcos.models.dlib_format", "DlibFormatError", ValueError),
-    ("xcos.models.dlib_format", "DlibWeightsNotFoundError", FileNotFoundError),
-    ("xcos.errors", "CheckpointError", ValueError),
-    ("xcos.errors", "CheckpointNotFoundError", FileNotFoundError),
-    ("xcos.errors", "SetupError", RuntimeError),
+    ("ConfigError", ValueError),
+    ("DataError", ValueError),
+    ("BadImageError", ValueError),
+    ("UnalignedImageError", ValueError),
+    ("NonFiniteLossError", RuntimeError),
+    ("DlibFormatError", ValueError),
+    ("DlibWeightsNotFoundError", FileNotFoundError),
+    ("CheckpointError", ValueError),
+    ("CheckpointNotFoundError", FileNotFoundError),
+    ("SetupError", RuntimeError),
 ]
+#: Where Python code of the project lives, besides main.py.
+SOURCES = ["src", "tests", "bench", "doc"]
 
 
-@pytest.mark.parametrize(("module", "name", "builtin"), PUBLIC_ERRORS)
-def test_every_project_error_is_an_xcos_error(module, name, builtin):
-    cls = getattr(importlib.import_module(module), name)
-    assert issubclass(cls, XcosError), f"{module}.{name} is not an XcosError"
-    assert issubclass(cls, builtin), f"{module}.{name} lost its base {builtin.__name__}"
-    assert cls is getattr(importlib.import_module("xcos.errors"), name)  # one definition
+@pytest.mark.parametrize(("name", "builtin"), PUBLIC_ERRORS)
+def test_every_project_error_is_an_xcos_error(name, builtin):
+    cls = getattr(errors, name)
+    assert issubclass(cls, XcosError), f"xcos.errors.{name} is not an XcosError"
+    assert issubclass(cls, builtin), f"xcos.errors.{name} lost its base {builtin.__name__}"
+
+
+def error_imports_elsewhere(path: Path, text: str) -> list[str]:
+    """Imports of an xcos.errors class from another module, and ``__all__`` entries that
+    re-export one (the package root's public API may name them)."""
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ImportFrom) and node.module != "xcos.errors":
+            found += [
+                f"{path}:{node.lineno}: from {node.module} import {alias.name}"
+                for alias in node.names
+                if alias.name in errors.__all__
+            ]
+        targets = getattr(node, "targets", [])
+        if any(getattr(t, "id", None) == "__all__" for t in targets) and path.name != "__init__.py":
+            names = {getattr(item, "value", None) for item in getattr(node.value, "elts", [])}
+            found += [f"{path}: __all__ names {n}" for n in sorted(names & set(errors.__all__))]
+    return found
+
+
+def test_every_error_is_imported_from_xcos_errors():
+    """One path per error class: no module offers another module's errors."""
+    paths = [p for root in SOURCES for p in sorted((REPO / root).rglob("*.py"))]
+    paths.append(REPO / "main.py")
+    assert len(paths) > 150  # the whole project, not an empty glob
+    strays = [
+        line
+        for path in paths
+        if path.name != "errors.py" or path.parent.name != "xcos"
+        for line in error_imports_elsewhere(path.relative_to(REPO), path.read_text("utf-8"))
+    ]
+    assert not strays, f"import these from xcos.errors: {strays}"
+
+
+def test_an_error_imported_from_elsewhere_is_reported():
+    text = "from xcos.data.images import DataError, read_rgb\n__all__ = ['DataError']\n"
+    assert error_imports_elsewhere(Path("m.py"), text) == [
+        "m.py:1: from xcos.data.images import DataError",
+        "m.py: __all__ names DataError",
+    ]
+    assert error_imports_elsewhere(Path("m.py"), "from xcos.errors import DataError\n") == []
 
 
 def test_errors_are_defined_in_xcos_errors_only():
@@ -116,7 +156,7 @@ def test_a_project_error_from_anywhere_is_a_user_error(monkeypatch, capsys):
     assert capsys.readouterr().err == "error: -p 'w.pth': not a PyTorch checkpoint (test)\n"
 
 
-# ----------------------------------------------------------------------------- read_weights
+# ----------------------------------------------------------------------------- read_checkpoint
 
 
 class _Custom:
@@ -134,16 +174,16 @@ def _not_checkpoints(folder: Path) -> dict[str, Path]:
     return files
 
 
-def test_read_weights_reads_a_state_dict(tmp_path):
+def test_read_checkpoint_reads_a_state_dict(tmp_path):
     torch.save({"w": torch.arange(3)}, tmp_path / "w.pth")
-    assert read_weights(tmp_path / "w.pth", "-p")["w"].tolist() == [0, 1, 2]
+    assert read_checkpoint(tmp_path / "w.pth", "-p")["w"].tolist() == [0, 1, 2]
 
 
 @pytest.mark.parametrize("name", ["text", "random", "pickle", "custom", "empty"])
-def test_read_weights_refuses_what_is_not_a_checkpoint(tmp_path, name):
+def test_read_checkpoint_refuses_what_is_not_a_checkpoint(tmp_path, name):
     path = _not_checkpoints(tmp_path)[name]
     with pytest.raises(CheckpointError) as raised:
-        read_weights(path, "-p weights")
+        read_checkpoint(path, "-p weights")
     message = str(raised.value)
     assert message.startswith(f"-p weights {str(path)!r}: not a PyTorch checkpoint (")
     assert "weights_only" not in message and "\n" not in message
@@ -151,33 +191,23 @@ def test_read_weights_refuses_what_is_not_a_checkpoint(tmp_path, name):
         assert "_Custom" in message
 
 
-def test_read_weights_runs_no_code(tmp_path):
+def test_read_checkpoint_runs_no_code(tmp_path):
     marker = tmp_path / "marker"
     torch.save({"w": MaliciousPayload(marker)}, tmp_path / "evil.pth")
     with pytest.raises(CheckpointError, match=r"evil\.pth': not a PyTorch checkpoint .*_leave"):
-        read_weights(tmp_path / "evil.pth", "-p")
+        read_checkpoint(tmp_path / "evil.pth", "-p")
     assert not marker.exists()
 
 
-def test_read_weights_missing_file_and_folder(tmp_path):
+def test_read_checkpoint_missing_file_and_folder(tmp_path):
     with pytest.raises(
         CheckpointNotFoundError, match=r"-r: checkpoint '.*nope\.pth'.*no such file"
     ):
-        read_weights(tmp_path / "nope.pth", "-r: checkpoint")
+        read_checkpoint(tmp_path / "nope.pth", "-r: checkpoint")
     with pytest.raises(FileNotFoundError):  # still the built-in type callers may catch
-        read_weights(tmp_path / "nope.pth", "-r: checkpoint")
+        read_checkpoint(tmp_path / "nope.pth", "-r: checkpoint")
     with pytest.raises(CheckpointError, match="not a file"):
-        read_weights(tmp_path, "-p")
-
-
-def test_no_other_torch_load_in_the_package():
-    """read_weights is the only reader: one place keeps weights_only=True."""
-    callers = [
-        str(path.relative_to(REPO))
-        for path in (REPO / "src" / "xcos").rglob("*.py")
-        if "torch.load(" in path.read_text(encoding="utf-8") and path.name != "weights_io.py"
-    ]
-    assert not callers
+        read_checkpoint(tmp_path, "-p")
 
 
 @pytest.mark.parametrize("name", ["text", "pickle", "custom"])

@@ -65,7 +65,7 @@ def test_flip_tta_flips_grid_features_along_the_width():
 
 
 def test_faces_of_another_size_are_refused_not_resized():
-    from xcos.data.images import UnalignedImageError
+    from xcos.errors import UnalignedImageError
 
     small = array_pair_set()
     small.images = small.images[..., :16, :16]  # 16x16 faces for a model taking 32x32

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 import xcos.models.backbones.arcface_torch  # noqa: F401  (registers iresnet)
 from tests.conftest import MaliciousPayload, require_shared
+from xcos.checkpoints import load_weights_file
 from xcos.config import ModelConfig, from_dict
-from xcos.engine.checkpoint import load_weights
 from xcos.models.backbones.arcface_torch import ARCFACE_LAYERS
 from xcos.models.importers import (
     ARCHITECTURES,
@@ -218,7 +218,7 @@ def released(documented, tmp_path_factory):
     out = import_xcos_released(folder / "xcos_released.pth", folder / "xcos_model.pth")
     config = torch.load(out, weights_only=True)["config"]
     model = build_model(from_dict(ModelConfig, config["model"], "model")).eval()
-    missing, unexpected = load_weights(model, out)
+    missing, unexpected = load_weights_file(model, out, "-p", strict=False)
     assert (missing, unexpected) == ([], [])
     return source, out, model
 

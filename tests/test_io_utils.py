@@ -1,14 +1,14 @@
-"""The shared atomic writers, manifest reader and weights-fit check."""
+"""The shared atomic writers and manifest reader."""
 
 from __future__ import annotations
 
-import pytest
-import torch
-from torch import nn
+import json
+import os
 
-from xcos.errors import CheckpointError, DataError
+import pytest
+
+from xcos.errors import DataError
 from xcos.io_utils import atomic_folder, atomic_save_json, atomic_write, read_manifest
-from xcos.weights_io import check_fit
 
 
 def test_atomic_write_leaves_the_old_file_and_no_temporary_on_error(tmp_path):
@@ -47,16 +47,25 @@ def test_read_manifest_names_the_file(tmp_path):
     assert read_manifest(path, "", "") == {"format": "x"}
 
 
-def test_check_fit_reports_missing_unexpected_and_shapes():
-    model = nn.Linear(3, 2)
-    state = {"weight": torch.zeros(2, 4), "extra": torch.zeros(1)}
-    with pytest.raises(CheckpointError) as caught:
-        check_fit(state, model, "'w.pth'", "the model")
-    message = str(caught.value)
-    assert message.startswith("'w.pth' does not fit the model (a checkpoint of another")
-    assert "1 missing (first: bias)" in message and "1 unexpected (first: extra)" in message
-    assert "1 with the wrong shape (file vs model) (first: weight (2, 4) vs (2, 3))" in message
-    # Not strict: missing and unexpected keys are returned, not raised.
-    assert check_fit({"weight": torch.zeros(2, 3)}, model, "w", strict=False) == (["bias"], [])
-    with pytest.raises(CheckpointError, match="shares no parameter name"):
-        check_fit({"other": torch.zeros(1)}, model, "w", strict=False)
+def test_a_failed_json_write_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    atomic_save_json({"accuracy": 0.9}, path, indent=2)
+    assert path.read_text() == '{\n  "accuracy": 0.9\n}\n'
+    with pytest.raises(TypeError):
+        atomic_save_json({"accuracy": object()}, path)
+
+    def full_disk(descriptor):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)  # the data are written, the rename never comes
+    with pytest.raises(OSError, match="No space left"):
+        atomic_save_json({"accuracy": 0.1}, path, indent=2)
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"accuracy": 0.9}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_atomic_write_translates_newlines_as_open_does(tmp_path):
+    with atomic_write(tmp_path / "a.txt", "w", newline="\r\n") as stream:
+        stream.write("a\nb\n")
+    assert (tmp_path / "a.txt").read_bytes() == b"a\r\nb\r\n"

@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "xcos"
 #: Bottom to top; a unit may import from any unit of its own layer or of a lower one.
 LAYERS = [
     {"errors"},
-    {"config_types", "registry", "io_utils", "weights_io", "runtime", "distributed", "cache"}
+    {"config_types", "registry", "io_utils", "checkpoints", "runtime", "distributed", "cache"}
     | {"progress"}
     | {"version"},
     {"config"},

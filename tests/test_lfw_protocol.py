@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from tests.conftest import reference_kfold, reference_threshold, require_shared
-from xcos.config import ConfigError, load_config
-from xcos.data.image_folder import DataError
+from xcos.config import load_config
 from xcos.data.lfw import read_lfw
 from xcos.data.lfw_people import LFWPeoplePairs, people_of_sets
+from xcos.errors import ConfigError, DataError
 from xcos.recipes import lfw_protocol
 from xcos.recipes.lfw_protocol import format_results, run_lfw_protocol, score_pairs
 

@@ -74,8 +74,8 @@ def test_export_stores_the_metadata_and_passes_its_check(exported, tiny_checkpoi
         "opset": 18,
     }
     assert scorer.metadata["xcos_version"] and scorer.metadata["grid"] == [4, 4]
-    assert scorer.describe()["runtime"].startswith("onnxruntime ")
-    assert scorer.describe()["grid"] == [4, 4]
+    assert scorer.runtime_info()["runtime"].startswith("onnxruntime ")
+    assert scorer.runtime_info()["grid"] == [4, 4]
     options = scorer.session.get_session_options()  # idle threads leave the cores to others
     assert options.get_session_config_entry(NO_SPINNING) == "0"
     onnx = require_module("onnx")

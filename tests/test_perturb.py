@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from xcos.config import ConfigError, PerturbSettings
+from xcos.config import PerturbSettings
 from xcos.data.image_folder import ImageFolderPairs
 from xcos.data.perturb import pixel_box
+from xcos.errors import ConfigError
 from xcos.losses import CoveredAttention, Locality, MeanSquaredError, Pointing
 from xcos.models.geometry import box_coverage
 

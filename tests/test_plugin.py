@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from tests.conftest import reference_threshold, require_dlib_weights
-from xcos.config import ConfigError
 from xcos.engine.features import (
     CachedFeaturePairs,
     cached_backbone_outputs,
     with_cached_features,
 )
 from xcos.engine.trainer import Trainer
+from xcos.errors import ConfigError
 from xcos.evaluation.verification import held_out_accuracy
 from xcos.models.xcos_model import build_model, split_descriptors
 

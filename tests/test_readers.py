@@ -14,11 +14,10 @@ import pytest
 from PIL import Image
 
 from tests.conftest import require_shared
-from xcos.data.image_folder import DataError
-from xcos.data.images import UnalignedImageError
 from xcos.data.insightface_bin import read_insightface_bin
 from xcos.data.lfw import read_lfw, read_lfw_people
 from xcos.data.pack import read_pack, write_pack
+from xcos.errors import DataError, UnalignedImageError
 from xcos.registry import PAIR_SETS
 
 # --- LFW: real protocol files (no image decoding beyond one face) ----------------------------

@@ -24,7 +24,7 @@ from xcos.cli import main
 from xcos.data.images import to_tensor
 from xcos.data.rec_pairs import RecPairs, collate_encoded
 from xcos.data.shards import ShardPairs, ShardStore
-from xcos.engine.loading import EpochSampler
+from xcos.engine.data_loaders import EpochSampler
 from xcos.engine.trainer import Trainer
 from xcos.errors import BadImageError, DataError, UnalignedImageError
 

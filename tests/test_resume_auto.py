@@ -17,7 +17,7 @@ import torch
 from tests.conftest import DEMO_CONFIG, REPO, tiny_overrides
 from xcos.cli import main
 from xcos.cli.train import resolve_resume
-from xcos.engine.checkpoint import save_checkpoint
+from xcos.engine.run_checkpoint import write_run_checkpoint
 
 KILL_WORKER = REPO / "tests" / "helpers" / "kill_worker.py"
 TIMEOUT_S = 300  # one torchrun job; ~40 s on 2 idle cores
@@ -34,7 +34,7 @@ def test_auto_resumes_from_last_when_present_else_starts_fresh(tmp_path, caplog)
     last = tmp_path / "checkpoints" / "last.pth"
     assert resolve_resume("auto", tmp_path) is None
     assert "starting fresh" in caplog.text
-    save_checkpoint({"step": 1}, last)
+    write_run_checkpoint({"step": 1}, tmp_path, "last.pth")
     assert resolve_resume("auto", tmp_path) == str(last)
     assert f"-r auto: resuming from {last}" in caplog.text
     assert resolve_resume("other.pth", tmp_path) == "other.pth"  # a path is left alone

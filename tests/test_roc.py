@@ -5,7 +5,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from xcos.config_types import ConfigError
+from xcos.errors import ConfigError
 from xcos.evaluation.roc import (
     RocMetrics,
     equal_error_rate,

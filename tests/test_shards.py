@@ -14,10 +14,11 @@ from torch.utils.data import DataLoader
 
 from xcos.cli import main
 from xcos.data import shards as shards_module
-from xcos.data.image_folder import DataError, ImageFolderPairs, scan_image_folder
-from xcos.data.images import UnalignedImageError, read_face, read_rgb
+from xcos.data.image_folder import ImageFolderPairs, scan_image_folder
+from xcos.data.images import read_face, read_rgb
 from xcos.data.shards import ShardPairs, ShardStore, write_shards
 from xcos.engine.trainer import Trainer
+from xcos.errors import DataError, UnalignedImageError
 from xcos.models.backbones import IResNet
 
 SIZE = 64  # tiny_synth's image size

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from xcos.cli import main
 from xcos.data.synthfaces import (
     GENERATOR_VERSION,
     REGIONS,
@@ -21,6 +22,7 @@ from xcos.data.synthfaces import (
     sample_variation,
     swap_region,
 )
+from xcos.errors import DataError
 
 SMALL = {
     "identities": {"train": 4, "val": 6, "test": 6},
@@ -211,9 +213,18 @@ def test_ensure_regenerates_on_version_change(tmp_path: Path) -> None:
 
 def test_refuses_to_replace_foreign_directory(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="is not a SynthFaces set; refusing to replace it"):
+    with pytest.raises(DataError, match="is not a SynthFaces set; refusing to replace it"):
         generate_synthfaces(tmp_path, **SMALL)
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_the_cli_refuses_a_foreign_directory_in_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert main(["synth", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path}: exists, is not empty and is not a SynthFaces set")
+    assert "xcos synth --out" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_custom_split_names(tmp_path: Path) -> None:

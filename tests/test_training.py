@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from tests.conftest import DEMO_CONFIG, REPO, reference_auc, reference_kfold, tiny_overrides
+from xcos.checkpoints import load_weights_file
 from xcos.engine import tester as tester_module
 from xcos.engine import trainer as trainer_module
-from xcos.engine.checkpoint import load_weights, save_checkpoint
 from xcos.engine.tester import run_test
-from xcos.engine.trainer import NonFiniteLossError, Trainer
+from xcos.engine.trainer import Trainer
+from xcos.errors import NonFiniteLossError
 from xcos.evaluation.evaluator import evaluate_pair_set
 from xcos.runtime import resolve_device
 
@@ -132,22 +133,6 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, tmp_path):
     assert all(torch.equal(saved["model"][k], p) for k, p in parameters.items())
 
 
-def test_atomic_save_keeps_previous_file_on_crash(tmp_path, monkeypatch):
-    path = tmp_path / "last.pth"
-    save_checkpoint({"step": 1}, path)
-
-    def crash(obj, stream, *args, **kwargs):
-        stream.write(b"partial garbage")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint({"step": 2}, path)
-    monkeypatch.undo()
-    assert torch.load(path, weights_only=True) == {"step": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
-
-
 @pytest.mark.slow
 def test_sigkill_mid_epoch_leaves_loadable_last_and_resumes(tiny_synth, tmp_path):
     layer = tiny_overrides(tiny_synth)
@@ -247,17 +232,19 @@ def test_weights_of_another_architecture_are_refused(tiny_config, tmp_path):
     with pytest.raises(
         ValueError, match=r"another architecture: \d+ parameter\(s\) differ.*head\.grid\.0\.weight"
     ):
-        load_weights(trainer.model, weights)
+        load_weights_file(trainer.model, weights, "-p", strict=False)
     unrelated = tmp_path / "unrelated.pth"
     torch.save({"foo.weight": torch.zeros(3)}, unrelated)
     with pytest.raises(ValueError, match="shares no parameter name"):
-        load_weights(trainer.model, unrelated)
+        load_weights_file(trainer.model, unrelated, "-p", strict=False)
     partial = {
         k: v for k, v in trainer.model.state_dict().items() if not k.startswith("identity_head")
     }
     partial["extra.weight"] = torch.zeros(1)
     torch.save(partial, tmp_path / "partial.pth")
-    missing, unexpected = load_weights(trainer.model, tmp_path / "partial.pth")
+    missing, unexpected = load_weights_file(
+        trainer.model, tmp_path / "partial.pth", "-p", strict=False
+    )
     assert missing == ["identity_head.kernel"] and unexpected == ["extra.weight"]
 
 

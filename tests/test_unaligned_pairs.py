@@ -16,10 +16,11 @@ from PIL import Image
 from tests.conftest import DEMO_CONFIG
 from xcos.cli import main
 from xcos.config import load_config
-from xcos.data.image_folder import DataError, ImageFolderPairs
-from xcos.data.images import UnalignedImageError, image_size, read_face
+from xcos.data.image_folder import ImageFolderPairs
+from xcos.data.images import image_size, read_face
 from xcos.data.pair_set_specs import load_pair_set
 from xcos.data.pair_sets import PairSet
+from xcos.errors import DataError, UnalignedImageError
 from xcos.evaluation.evaluator import evaluate_pair_set
 from xcos.models.xcos_model import build_model
 

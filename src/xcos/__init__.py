@@ -3,7 +3,8 @@
 Public API: ``load_config``, ``build_model``, ``Trainer``, ``run_test`` and the registries.
 """
 
-from xcos.config import Config, ConfigError, load_config
+from xcos.config import Config, load_config
+from xcos.errors import ConfigError
 from xcos.registry import (
     BACKBONES,
     DATASETS,

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from xcos.config_types import ConfigError, check_value
+from xcos.config_types import check_value
+from xcos.errors import ConfigError
 
 __all__ = [
     "Config",
-    "ConfigError",
     "config_diff",
     "deep_merge",
     "load_config",

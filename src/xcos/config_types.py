@@ -8,7 +8,7 @@ import types
 import typing
 from typing import Any
 
-from xcos.errors import ConfigError  # re-exported: defined in xcos.errors
+from xcos.errors import ConfigError
 
 
 def _type_name(annotation: Any) -> str:

@@ -3,9 +3,10 @@ digests a file.
 
 A crash at any point leaves either the previous file (or folder) or the new one, never a
 partial one: the data go to a hidden temporary sibling (same folder, so the same filesystem),
-are fsynced, and are renamed into place. Checkpoints, the feature and face caches, packs,
-shards and SynthFaces sets all go through here. This module lives outside ``xcos.engine`` so
-that models, importers and data code need not import the training engine.
+are fsynced, and are renamed into place. Checkpoints and the feature and effect caches
+(through ``xcos.checkpoints``), packs, shards and SynthFaces sets all go through here. This
+module lives outside ``xcos.engine`` so that models, importers and data code need not import
+the training engine, and it never imports torch.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from xcos.errors import DataError
 
 __all__ = [
     "atomic_folder",
-    "atomic_save",
     "atomic_save_json",
     "atomic_write",
     "file_sha256",
@@ -36,15 +36,18 @@ __all__ = [
 
 
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Open a temporary sibling of ``path`` for writing; on a clean exit it is fsynced and
-    renamed to ``path``, on an exception it is deleted and ``path`` is left as it was."""
+def atomic_write(
+    path: str | Path, mode: str = "wb", newline: str | None = None
+) -> Iterator[IO[Any]]:
+    """Open a temporary sibling of ``path`` for writing (``newline`` as ``open`` takes it:
+    ``""`` for the csv module); on a clean exit it is fsynced and renamed to ``path``, on an
+    exception it is deleted and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         encoding = None if "b" in mode else "utf-8"
-        with os.fdopen(handle, mode, encoding=encoding) as stream:
+        with os.fdopen(handle, mode, encoding=encoding, newline=newline) as stream:
             yield stream
             stream.flush()
             os.fsync(stream.fileno())
@@ -55,18 +58,13 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     fsync_dir(path.parent)
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)``, atomically (see ``atomic_write``)."""
-    import torch  # here, so that data code importing this module does not load torch
-
-    with atomic_write(path) as stream:
-        torch.save(obj, stream)
-
-
 def atomic_save_json(obj: Any, path: str | Path, **dumps: Any) -> None:
-    """``obj`` as JSON text (``json.dumps(obj, **dumps)`` plus a newline), atomically."""
+    """``obj`` as JSON text (``json.dumps(obj, **dumps)`` plus a newline), atomically: how
+    run outputs (``metrics.json``, ``results.json``, config copies) are written, so that a
+    crash or a full disk leaves the previous file whole."""
+    text = json.dumps(obj, **dumps) + "\n"  # an object JSON cannot hold fails before any write
     with atomic_write(path, "w") as stream:
-        stream.write(json.dumps(obj, **dumps) + "\n")
+        stream.write(text)
 
 
 def write_synced(path: Path, write: Callable[[BinaryIO], object]) -> None:

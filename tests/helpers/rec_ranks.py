@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from xcos.data.rec_pairs import RecPairs
 from xcos.distributed import init_distributed, shutdown_distributed
-from xcos.engine.loading import EpochSampler
+from xcos.engine.data_loaders import EpochSampler
 
 
 def main(folder: str, out: str) -> None:

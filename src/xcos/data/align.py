@@ -46,17 +46,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from xcos.data.image_folder import DataError
-from xcos.data.images import (
-    DEFAULT_MAX_PIXELS,
-    BadImageError,
-    array_to_rgb,
-    check_pixels,
-    open_image,
-)
+from xcos.data.images import DEFAULT_MAX_PIXELS, array_to_rgb, check_pixels, open_image
 from xcos.data.mtcnn import Detections, MTCNNDetector
 from xcos.data.pair_sets import TEMPLATE_SIZES
-from xcos.errors import NoFaceError
+from xcos.errors import BadImageError, DataError, NoFaceError
 
 __all__ = [
     "ARCFACE_TEMPLATE",

@@ -10,15 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from xcos.data.images import (
-    IMAGE_EXTENSIONS,
-    BadImageError,
-    DataError,
-    read_face,
-    read_rgb,
-    to_tensor,
-    unaligned_message,
-)
+from xcos.data.images import IMAGE_EXTENSIONS, read_face, read_rgb, to_tensor, unaligned_message
 from xcos.data.images import image_size as file_size
 from xcos.data.perturb import (
     Perturbation,
@@ -27,6 +19,7 @@ from xcos.data.perturb import (
     draw_perturbation,
     perturbation_fields,
 )
+from xcos.errors import BadImageError, DataError
 from xcos.registry import DATASETS
 
 log = logging.getLogger(__name__)

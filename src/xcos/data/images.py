@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-# Defined in xcos.errors, re-exported here where they were first defined.
 from xcos.data.limits import DEFAULT_MAX_PIXELS, check_pixels
 from xcos.errors import (
     BadImageError,

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from xcos.data.folds import contiguous_folds
-from xcos.data.image_folder import DataError
 from xcos.data.pair_sets import PairSet
+from xcos.errors import DataError
 from xcos.registry import PAIR_SETS
 
 # View 1 has no folds; its halves are each cut into this many contiguous blocks.

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from xcos.data.image_folder import DataError, IdentityPairs
+from xcos.data.image_folder import IdentityPairs
 from xcos.data.lfw import lfw_image_path, read_lfw_people
 from xcos.data.npy_rows import NpyRows
 from xcos.data.pair_sets import lfw_alignment
+from xcos.errors import DataError
 from xcos.registry import DATASETS
 
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from xcos.data.image_folder import DataError
 from xcos.data.pair_sets import PairSet
+from xcos.errors import DataError
 from xcos.io_utils import atomic_folder, read_manifest, write_synced
 from xcos.registry import PAIR_SETS
 

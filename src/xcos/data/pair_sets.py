@@ -16,14 +16,8 @@ from typing import Any
 import numpy as np
 
 from xcos.data.folds import contiguous_folds
-from xcos.data.image_folder import DataError
-from xcos.data.images import (
-    UnalignedImageError,
-    image_size,
-    read_face,
-    read_rgb,
-    unaligned_message,
-)
+from xcos.data.images import image_size, read_face, read_rgb, unaligned_message
+from xcos.errors import DataError, UnalignedImageError
 from xcos.registry import PAIR_SETS
 
 

@@ -31,9 +31,10 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from xcos.data.image_folder import DataError, IdentityPairs, scan_image_folder
-from xcos.data.images import BadImageError, UnalignedImageError, read_face
+from xcos.data.image_folder import IdentityPairs, scan_image_folder
+from xcos.data.images import read_face
 from xcos.data.recordio import RecordFile, is_record_folder
+from xcos.errors import BadImageError, DataError, UnalignedImageError
 from xcos.io_utils import atomic_folder, fsync_file, read_manifest
 from xcos.registry import DATASETS
 

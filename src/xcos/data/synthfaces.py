@@ -607,7 +607,8 @@ def generate_synthfaces(
 
     The set is written to a temporary sibling directory and renamed into place, so an
     interrupted run never leaves a directory with a manifest but missing files.  An existing
-    ``root`` is replaced only if it is empty or holds a SynthFaces set (has manifest.json).
+    ``root`` is replaced only if it is empty or holds a SynthFaces set (has manifest.json);
+    any other folder raises ``DataError`` naming it (the user's files are never deleted).
     """
     params = _params(
         identities, images_per_identity, pairs_per_split, one_region_pairs, seed, image_size
@@ -618,8 +619,10 @@ def generate_synthfaces(
 def _generate(root: Path, params: dict[str, Any]) -> dict[str, Any]:
     """Build in a temporary sibling, then swap it in with renames (atomic on one filesystem)."""
     if root.exists() and any(root.iterdir()) and _read_manifest(root) is None:
-        raise FileExistsError(
-            f"{root} exists, is not empty and is not a SynthFaces set; refusing to replace it"
+        raise DataError(
+            f"{root}: exists, is not empty and is not a SynthFaces set; refusing to replace "
+            "it. Choose another folder (xcos synth --out, or data.synthetic.root in the "
+            "config) or empty this one"
         )
     log.info("generating SynthFaces v%d in %s: %s", GENERATOR_VERSION, root, params)
     with atomic_folder(root) as tmp:  # a stale set is swapped out, then deleted

@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from xcos.cache import cache_root
+from xcos.checkpoints import read_checkpoint, write_checkpoint
 from xcos.config import EffectSettings
 from xcos.data.image_folder import IdentityPairs, split_key
 from xcos.data.pasting import box_mask, ellipse_mask, paste
@@ -36,7 +37,6 @@ from xcos.explain.effects import cell_effects
 from xcos.models.geometry import grid_edges, pixel_spans
 from xcos.models.xcos_model import XCosModel
 from xcos.progress import progress
-from xcos.weights_io import read_weights, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def measured_effects(
     path = cache_root() / "effects" / f"{digest.hexdigest()[:24]}.pt"
     if path.is_file():
         log.info("measured cell effects from the cache %s", path)
-        return read_weights(path, "effect cache entry")
+        return read_checkpoint(path, "effect cache entry")
     started = time.perf_counter()
     measured = measure(model, dataset, drawn, device)
     log.info(
@@ -157,7 +157,7 @@ def measured_effects(
         time.perf_counter() - started,
         path,
     )
-    save_checkpoint(measured, path)  # atomic: never a half-written cache entry
+    write_checkpoint(measured, path)  # atomic: never a half-written cache entry
     return measured
 
 

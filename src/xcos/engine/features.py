@@ -19,12 +19,12 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from xcos.cache import cache_root
+from xcos.checkpoints import read_checkpoint, write_checkpoint
 from xcos.data.image_folder import IdentityPairs, split_key
 from xcos.data.images import to_image, to_tensor
 from xcos.errors import ConfigError
 from xcos.models.xcos_model import XCosModel
 from xcos.progress import progress
-from xcos.weights_io import read_weights, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,9 @@ def cached_backbone_outputs(
     path = cache / "features" / f"{key[:24]}.pt"
     if path.is_file():
         log.info("backbone outputs of %d faces from the cache %s", count, path)
-        return read_weights(path, "feature cache entry")
+        return read_checkpoint(path, "feature cache entry")
     outputs = compute_backbone_outputs(model, face, count, device, flip, batch_size)
-    save_checkpoint(outputs, path)  # atomic: never a half-written cache entry
+    write_checkpoint(outputs, path)  # atomic: never a half-written cache entry
     return outputs
 
 

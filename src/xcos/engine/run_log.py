@@ -10,6 +10,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from xcos.io_utils import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -62,7 +64,7 @@ class RunLog:
         )
         if self._columns is None:
             self._columns = list(row)
-            with self.csv_path.open("w", newline="") as handle:
+            with atomic_write(self.csv_path, "w", newline="") as handle:  # rows are appended
                 csv.writer(handle).writerow(self._columns)
         with self.csv_path.open("a", newline="") as handle:
             csv.writer(handle).writerow([row.get(column, "") for column in self._columns])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,8 @@ from xcos.evaluation.evaluator import PairSetResult, evaluate_pair_set, pick_exa
 from xcos.evaluation.roc import roc_figure, roc_points
 from xcos.explain.explanation import explain_pairs
 from xcos.explain.figures import save_figure
-from xcos.models.loading import build_and_load
+from xcos.io_utils import atomic_save_json, atomic_write
+from xcos.models.xcos_model import build_and_load
 from xcos.runtime import autocast_factory, seed_everything
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def run_test(
         write_scores(result, run_dir / "scores" / f"{pair_set.name}.csv")
         write_roc(result, run_dir / "roc" / f"{pair_set.name}.png")
         write_figures(model, result, run_dir / "figures", device, config.test.figures)
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_save_json(summary, run_dir / "metrics.json", indent=2)
     return summary
 
 
@@ -69,9 +69,8 @@ def write_roc(result: PairSetResult, path: Path) -> None:
 
 
 def write_scores(result: PairSetResult, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     pair_set = result.pair_set
-    with path.open("w", newline="") as handle:
+    with atomic_write(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["pair", "fold", "label", "xcos", "cos"])
         for i in range(len(pair_set)):

@@ -12,20 +12,24 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from xcos.config import Config, ConfigError
+from xcos.checkpoints import load_weights, state_dict_of
+from xcos.config import Config
 from xcos.data.image_folder import IdentityPairs
 from xcos.data.pair_set_specs import load_pair_set
 from xcos.distributed import Distributed
-from xcos.engine.checkpoint import load_checkpoint, save_checkpoint
+from xcos.engine.data_loaders import EpochSampler, build_train_loader
 from xcos.engine.effect_targets import with_effect_targets
 from xcos.engine.features import cached_backbone_outputs, with_cached_features
-from xcos.engine.loading import EpochSampler, build_train_loader
 from xcos.engine.optim import build_optimizers, build_schedulers
+from xcos.engine.run_checkpoint import (
+    read_run_checkpoint,
+    run_checkpoint_path,
+    write_run_checkpoint,
+)
 from xcos.engine.run_log import RunLog
-from xcos.errors import NonFiniteLossError  # re-exported: defined in xcos.errors
+from xcos.errors import ConfigError, NonFiniteLossError
 from xcos.evaluation.evaluator import evaluate_pair_set
-from xcos.models.loading import build_and_load
-from xcos.models.xcos_model import XCosModel
+from xcos.models.xcos_model import XCosModel, build_and_load
 from xcos.registry import DATASETS, LOSSES
 from xcos.runtime import autocast_factory, rng_states, seed_everything, set_rng_states
 
@@ -81,9 +85,10 @@ class Trainer:
             torch.channels_last if config.trainer.channels_last else torch.contiguous_format
         )
         self.model = self._build_model(getattr(self.dataset, "num_classes", None), weights)
-        state = load_checkpoint(resume) if resume is not None else None
+        state = read_run_checkpoint(resume) if resume is not None else None
         if state is not None:  # before any cache is built from the backbone's outputs
-            self.model.load_state_dict(state["model"])
+            weights = state_dict_of(state, resume, "-r: checkpoint")
+            load_weights(self.model, weights, f"-r: checkpoint {str(resume)!r}")
         cache = config.model.freeze_backbone and config.data.cache_features
         if cache and getattr(self.model.target, "needs_images", False):
             raise ConfigError(
@@ -262,7 +267,7 @@ class Trainer:
 
     def _save(self, name: str) -> None:
         if self.dist.is_main:  # the processes hold the same state: one writer
-            save_checkpoint(self.state_dict(), self.run_dir / "checkpoints" / name)
+            write_run_checkpoint(self.state_dict(), self.run_dir, name)
 
     # ------------------------------------------------------------------ loop
 
@@ -325,7 +330,7 @@ class Trainer:
             raise NonFiniteLossError(
                 f"loss is {shown['loss']} at epoch {self.epoch + 1}, step {self.step + 1} "
                 f"({', '.join(f'{k}={v:.4g}' for k, v in shown.items() if k != 'loss')}); training "
-                f"stopped before updating the weights. {self.run_dir / 'checkpoints' / 'last.pth'} "
+                f"stopped before updating the weights. {run_checkpoint_path(self.run_dir)} "
                 "holds the last good state; lower the learning rate or enable trainer.grad_clip"
             )
         for optimizer in self.optimizers.values():

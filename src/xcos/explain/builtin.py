@@ -17,12 +17,11 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from xcos.checkpoints import load_weights, read_checkpoint, state_dict_of, write_checkpoint
 from xcos.config import ModelConfig, from_dict
 from xcos.errors import CheckpointError, ConfigError
 from xcos.io_utils import file_sha256
-from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_model import XCosModel, build_model, inference_config
-from xcos.weights_io import save_checkpoint
 
 __all__ = ["BUILTIN", "builtin_path", "load_builtin", "write_builtin"]
 
@@ -67,7 +66,7 @@ def write_builtin(checkpoint: str | Path, out: str | Path, trained_on: str) -> P
         "source": {"checkpoint": Path(checkpoint).name, "sha256": file_sha256(checkpoint)},
     }
     out = Path(out)
-    save_checkpoint(builtin, out)
+    write_checkpoint(builtin, out)
     return out
 
 
@@ -81,10 +80,11 @@ def load_builtin(name: str) -> tuple[XCosModel, float, dict[str, Any]]:
     model_cfg = dataclasses.replace(inference_config(model_cfg), backbone=model_cfg.backbone)
     model = build_model(model_cfg)  # DlibWeightsNotFoundError says what to install
     head = state_dict_of(state, path, f"built-in model {name!r}")
-    missing, unexpected = model.load_state_dict(head, strict=False)
-    wrong = [key for key in missing if not key.startswith("backbone.")] + list(unexpected)
+    source = f"built-in model {name!r} ({path})"
+    missing, unexpected = load_weights(model, head, source, strict=False)
+    wrong = [key for key in missing if not key.startswith("backbone.")] + unexpected
     if wrong:
-        raise CheckpointError(f"built-in model {name!r} ({path}) does not fit: {wrong[:5]}")
+        raise CheckpointError(f"{source} does not fit: {wrong[:5]}")
     provenance = {
         "backbone": model_cfg.backbone.get("type"),
         "threshold_source": f"built-in model {name!r} (validation)",

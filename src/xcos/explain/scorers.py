@@ -45,7 +45,7 @@ class PairScorer(Protocol):
         ``MAP_KEYS`` [N, h, w] float32 arrays, in one pass of the backbone."""
         ...
 
-    def describe(self) -> dict[str, Any]:
+    def runtime_info(self) -> dict[str, Any]:
         """``runtime``, ``backbone`` and ``grid`` ([h, w]), for ``Verifier.info``."""
         ...
 
@@ -64,7 +64,7 @@ class TorchScorer:
     def compare(self, faces: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         return compare_faces(self.model, faces, self.device)
 
-    def describe(self) -> dict[str, Any]:
+    def runtime_info(self) -> dict[str, Any]:
         cells = len(self.cell_edges) - 1
         return {
             "runtime": f"torch {torch.__version__} ({self.device.type})",
@@ -199,7 +199,7 @@ class OnnxScorer:
             for name, out in zip(OUTPUT_NAMES, outputs, strict=True)
         }
 
-    def describe(self) -> dict[str, Any]:
+    def runtime_info(self) -> dict[str, Any]:
         cells = len(self.cell_edges) - 1
         return {
             "runtime": self.runtime,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from xcos.checkpoints import read_checkpoint, state_dict_of
 from xcos.config import ModelConfig, from_dict
 from xcos.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -48,9 +49,7 @@ from xcos.explain.explanation import Explanation
 from xcos.explain.regions import cell_regions
 from xcos.explain.scorers import OnnxScorer, PairScorer, TorchScorer
 from xcos.io_utils import file_sha256
-from xcos.models.loading import build_and_load
-from xcos.models.targets import read_checkpoint, state_dict_of
-from xcos.models.xcos_model import XCosModel
+from xcos.models.xcos_model import XCosModel, build_and_load
 
 #: A file path, encoded image bytes (an upload), a PIL image, an RGB uint8 array, or a
 #: normalised face tensor [3, S, S].
@@ -117,7 +116,7 @@ class Verifier:
         ``grid`` [h, w], ``input_size``, ``face_template``, ``threshold``,
         ``threshold_source``, ``checkpoint`` (file name) and ``checkpoint_sha256``."""
         return {
-            **self.scorer.describe(),
+            **self.scorer.runtime_info(),
             "input_size": self.scorer.input_size,
             "face_template": self.scorer.face_template,
             "threshold": self.threshold,

@@ -10,8 +10,9 @@ Two kinds of input:
   ``backbone_target.``): :func:`import_xcos_released` renames it to :class:`XCosModel` keys and
   writes an xcos model checkpoint (``model`` + ``config``) that ``-p`` and ``Verifier`` accept.
 
-Every file is read with ``weights_only=True`` (a pickle that would run code is refused) and
-written atomically.
+Every file is read and written through ``xcos.checkpoints``: with ``weights_only=True`` (a
+pickle that would run code is refused), without wrapper prefixes (DDP's ``module.``), and
+atomically. Half-precision tensors are imported as float32.
 """
 
 from __future__ import annotations
@@ -26,13 +27,21 @@ from torch import nn
 
 # Registers iresnet; importing it runs the package __init__, which registers ir / ir_se.
 import xcos.models.backbones.arcface_torch  # noqa: F401
+from xcos.checkpoints import (
+    FILE_FORMATS,
+    MODEL_FORMAT,
+    RECOGNIZER_FORMAT,
+    check_fit,
+    load_weights,
+    read_checkpoint,
+    read_state_dict,
+    state_dict_of,
+    write_checkpoint,
+)
 from xcos.config import ModelConfig, from_dict
-from xcos.config_types import ConfigError
-from xcos.errors import CheckpointError
-from xcos.models.targets import read_checkpoint, state_dict_of
+from xcos.errors import CheckpointError, ConfigError
 from xcos.models.xcos_model import build_model
 from xcos.registry import BACKBONES
-from xcos.weights_io import check_fit, save_checkpoint
 
 __all__ = [
     "ARCHITECTURES",
@@ -48,10 +57,6 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     # InsightFace_Pytorch's IR-SE-50 (model_ir_se50.pth), the original xCos target network.
     "ir_se50": {"type": "ir_se", "depth": 50, "embedding_dim": 512},
 }
-
-RECOGNIZER_FORMAT = "xcos-recognizer"
-RECOGNIZER_VERSION = 1
-MODEL_FORMAT = "xcos-model"
 
 _IR_SE50 = {"type": "ir_se", "depth": 50, "embedding_dim": 512}
 
@@ -111,17 +116,17 @@ def import_recognizer(weights: str | Path, arch: str, out: str | Path) -> Path:
             f"unknown recognizer architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}"
         )
     backbone_cfg = copy.deepcopy(ARCHITECTURES[arch])
-    state = read_weights(weights, "import_recognizer")
+    state = _read_float32(weights, "import_recognizer")
     expected = _shapes(_build_backbone(backbone_cfg))
     state = _fill_batch_counters(state, expected)
-    check_fit(state, expected, f"import_recognizer: {str(weights)!r}", f"architecture {arch!r}")
+    check_fit(state, expected, f"import_recognizer {str(weights)!r}", f"architecture {arch!r}")
     record = {
         "format": RECOGNIZER_FORMAT,
-        "version": RECOGNIZER_VERSION,
+        "version": FILE_FORMATS[RECOGNIZER_FORMAT],
         "backbone": backbone_cfg,
         "state_dict": state,
     }
-    save_checkpoint(record, out)
+    write_checkpoint(record, out)
     return Path(out)
 
 
@@ -131,37 +136,30 @@ def load_recognizer(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     Returns ``(backbone, backbone_config)``; the backbone is in eval mode and maps
     ``[B, 3, H, W]`` to ``{"grid": [B, C, h, w], "embedding": [B, D]}``.
     """
+    source = f"load_recognizer {str(path)!r}"
     data = read_checkpoint(path, "load_recognizer")
     if not isinstance(data, dict) or data.get("format") != RECOGNIZER_FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(
-            f"load_recognizer: {str(path)!r} is not an {RECOGNIZER_FORMAT} file (format "
-            f"{found!r}); write one with import_recognizer (`xcos import`)"
+            f"{source} is not an {RECOGNIZER_FORMAT} file (format {found!r}); write one with "
+            "import_recognizer (`xcos import`)"
         )
-    if data.get("version") != RECOGNIZER_VERSION:
-        raise CheckpointError(
-            f"load_recognizer: {str(path)!r} has version {data.get('version')!r}; "
-            f"this xcos reads version {RECOGNIZER_VERSION}"
-        )
+    state = state_dict_of(data, path, "load_recognizer")  # checks the format's version
     backbone_cfg = data.get("backbone")
     if not isinstance(backbone_cfg, dict):
-        raise CheckpointError(f"load_recognizer: {str(path)!r} has no backbone config")
+        raise CheckpointError(f"{source} has no backbone config")
     try:
         backbone = _build_backbone(backbone_cfg)
     except (ConfigError, ValueError) as err:
-        raise CheckpointError(f"load_recognizer: {str(path)!r}: backbone config: {err}") from err
-    state = state_dict_of(data.get("state_dict"), path, "load_recognizer")
-    check_fit(
-        state, _shapes(backbone), f"load_recognizer: {str(path)!r}", f"backbone {backbone_cfg}"
-    )
+        raise CheckpointError(f"{source}: backbone config: {err}") from err
     # Built on the meta device and given the file's tensors (assign=True): no random
     # initialisation of weights that are all overwritten anyway (seconds for deep networks).
-    backbone.load_state_dict(state, assign=True)
+    load_weights(backbone, state, source, f"backbone {backbone_cfg}", assign=True)
     left = [
         name for name, t in [*backbone.named_parameters(), *backbone.named_buffers()] if t.is_meta
     ]
     if left:
-        raise CheckpointError(f"load_recognizer: {str(path)!r} leaves {left[:5]} without values")
+        raise CheckpointError(f"{source} leaves {left[:5]} without values")
     return backbone.eval(), copy.deepcopy(backbone_cfg)
 
 
@@ -177,8 +175,8 @@ def import_xcos_released(weights: str | Path, out: str | Path) -> Path:
     following BatchNorm and single-slope PReLUs are widened, both exactly. The output holds
     ``model`` (the state dict) and ``config`` (``{"name", "model"}``). Returns ``out``.
     """
-    source = f"import_xcos_released: {str(weights)!r}"
-    state = _rename_released(read_weights(weights, "import_xcos_released"))
+    source = f"import_xcos_released {str(weights)!r}"
+    state = _rename_released(_read_float32(weights, "import_xcos_released"))
     with torch.device("meta"):  # shapes only: no memory, no initialisation cost
         model = build_model(from_dict(ModelConfig, copy.deepcopy(RELEASED_MODEL_CONFIG), "model"))
     expected = _shapes(model)
@@ -188,11 +186,11 @@ def import_xcos_released(weights: str | Path, out: str | Path) -> Path:
     check_fit(state, expected, source, "the xCos model of an original release")
     record = {
         "format": MODEL_FORMAT,
-        "version": 1,
+        "version": FILE_FORMATS[MODEL_FORMAT],
         "model": state,
         "config": {"name": "xcos_released", "model": copy.deepcopy(RELEASED_MODEL_CONFIG)},
     }
-    save_checkpoint(record, out)
+    write_checkpoint(record, out)
     return Path(out)
 
 
@@ -247,13 +245,10 @@ def _widen_prelus(
 # ----------------------------------------------------------------------------- shared
 
 
-def read_weights(path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """The state dict in a torch file (plain, or under ``state_dict`` / ``model``), without a
-    DDP ``module.`` prefix, floating tensors as float32; read with ``weights_only=True``."""
-    state = state_dict_of(read_checkpoint(path, what), path, what)
-    if state and all(key.startswith("module.") for key in state):
-        state = {key[len("module.") :]: value for key, value in state.items()}
-    # Half-precision saves become float32, so the loaded network is the same either way.
+def _read_float32(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The state dict in a file (``read_state_dict``), floating tensors as float32: a
+    half-precision save imports as the same network as a float32 one."""
+    state = read_state_dict(path, what)
     return {key: v.float() if v.is_floating_point() else v for key, v in state.items()}
 
 

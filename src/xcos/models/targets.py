@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xcos.errors import CheckpointError
+from xcos.checkpoints import load_weights_file
 from xcos.registry import BACKBONES, TARGETS
-from xcos.weights_io import check_fit, read_weights
 
 TARGET_BACKBONE = "model.target.backbone"
 
@@ -48,16 +46,11 @@ class PretrainedTarget(nn.Module):
 
     def __init__(self, checkpoint: str | None = None, *, backbone: dict[str, Any]) -> None:
         super().__init__()
-        self.network = BACKBONES.build(backbone, "model.target.backbone")
+        self.network = BACKBONES.build(backbone, TARGET_BACKBONE)
         if checkpoint is not None:
-            self._load(checkpoint)
+            load_weights_file(self.network, checkpoint, "model.target.checkpoint", TARGET_BACKBONE)
         self.network.requires_grad_(False)
         self.network.eval()
-
-    def _load(self, checkpoint: str) -> None:
-        state = load_state_dict(checkpoint, "model.target.checkpoint")
-        check_fit(state, self.network, f"model.target.checkpoint {checkpoint!r}", TARGET_BACKBONE)
-        self.network.load_state_dict(state)
 
     def train(self, mode: bool = True) -> PretrainedTarget:
         super().train(mode)
@@ -72,23 +65,3 @@ class PretrainedTarget(nn.Module):
         embedding = self.network(images)["embedding"].float()
         embedding_a, embedding_b = F.normalize(embedding, dim=1).chunk(2)
         return (embedding_a * embedding_b).sum(dim=1)
-
-
-def read_checkpoint(path: str | Path, what: str) -> Any:
-    """Read a torch file safely (``weights_only=True``: no code runs); errors name ``what``."""
-    return read_weights(path, f"{what}: weights file")
-
-
-def state_dict_of(data: Any, path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """The state dict in ``data``: a plain one, or under ``model`` / ``state_dict``."""
-    for key in ("model", "state_dict"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{what}: {str(path)!r} does not hold a state dict of tensors")
-    return data
-
-
-def load_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """Read weights safely (no code runs) from a plain state dict or an xcos checkpoint."""
-    return state_dict_of(read_checkpoint(path, what), path, what)

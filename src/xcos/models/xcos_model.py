@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcos.checkpoints import load_weights, load_weights_file, read_state_dict
 from xcos.errors import ConfigError
 from xcos.models.backbones.protocol import BackboneProtocol, missing_members
 from xcos.models.geometry import box_coverage, edge_fractions
-from xcos.models.targets import read_checkpoint, state_dict_of
 from xcos.models.xcos_head import difference_map, patch_cosine
 from xcos.registry import BACKBONES, HEADS, IDENTITY_HEADS, TARGETS
-from xcos.weights_io import check_fit
+
+log = logging.getLogger(__name__)
 
 
 class XCosModel(nn.Module):
@@ -269,7 +272,10 @@ def build_model(model_cfg: Any, num_classes: int | None = None) -> XCosModel:
     """
     backbone = BACKBONES.build(model_cfg.backbone, "model.backbone")
     if model_cfg.pretrained is not None:
-        load_recognizer_weights(backbone, model_cfg.pretrained, "model.pretrained")
+        hint = "import the recognizer with `xcos import` and use the architecture it names"
+        load_weights_file(
+            backbone, model_cfg.pretrained, "model.pretrained", "model.backbone", hint=hint
+        )
     head = HEADS.build(model_cfg.head, "model.head", in_channels=backbone.out_channels)
     target = TARGETS.build(model_cfg.target, "model.target")
     identity_head = None
@@ -305,9 +311,51 @@ def inference_config(model_cfg: Any) -> Any:
     )
 
 
-def load_recognizer_weights(backbone: nn.Module, path: str, what: str) -> None:
-    """Load a recognizer's weights (an ``xcos import`` file or a plain state dict) strictly."""
-    state = state_dict_of(read_checkpoint(path, what), path, what)
-    hint = "import the recognizer with `xcos import` and use the architecture it names"
-    check_fit(state, backbone, f"{what}: {path!r}", "model.backbone", hint=hint)
-    backbone.load_state_dict(state)
+def build_and_load(
+    model_cfg: Any,
+    weights: str | Path | None = None,
+    *,
+    num_classes: int | None = None,
+    inference: bool = False,
+    device: torch.device | str | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+) -> XCosModel:
+    """Build the model of ``model_cfg`` (the ``model`` section of a ``Config``, like
+    ``build_model``) and load ``weights`` (``-p``) into it, if given: the one way the Trainer,
+    the Tester and the Verifier make a model.
+
+    ``inference`` builds the model for scoring only (``inference_config``: no identity head,
+    no target network); ``device`` moves it there before loading; ``state`` is the state dict
+    already read from ``weights``. The weights load non-strictly: keys the file lacks or the
+    model does not use are logged (a warning for missing keys at inference: those parts keep
+    random weights); wrong shapes or no shared key raise ``CheckpointError``.
+    """
+    model = build_model(inference_config(model_cfg) if inference else model_cfg, num_classes)
+    if device is not None:
+        model = model.to(device)
+    if weights is None:
+        return model
+    state = read_state_dict(weights, "-p") if state is None else state
+    missing, unexpected = load_weights(model, state, f"-p {str(weights)!r}", strict=False)
+    if not inference:
+        log.info(
+            "loaded weights %s: %d missing key(s) %s, %d unexpected key(s) %s",
+            weights,
+            len(missing),
+            missing[:10],
+            len(unexpected),
+            unexpected[:10],
+        )
+        return model
+    if missing:
+        log.warning(
+            "-p %s: %d parameter(s) not in the checkpoint: %s", weights, len(missing), missing[:10]
+        )
+    if unexpected:
+        log.info(
+            "-p %s: %d checkpoint key(s) unused in test mode: %s",
+            weights,
+            len(unexpected),
+            unexpected[:10],
+        )
+    return model

@@ -28,13 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from xcos.config import Config, ConfigError, load_config
+from xcos.config import Config, load_config
 from xcos.data.lfw import read_lfw
 from xcos.data.lfw_people import LFWFaceStore
 from xcos.engine.features import cached_backbone_outputs
 from xcos.engine.trainer import Trainer
+from xcos.errors import ConfigError
 from xcos.evaluation.evaluator import compare_pairs, describe_outputs
 from xcos.evaluation.verification import held_out_accuracy, kfold_accuracy
+from xcos.io_utils import atomic_save_json
 from xcos.models.xcos_model import XCosModel, build_model
 from xcos.progress import progress
 
@@ -104,8 +106,7 @@ def run_lfw_protocol(
     )
     if view1:
         results["view1"] = view1_results(config, heads, lfw, device, outputs, store)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_save_json(results, run_dir / "results.json", indent=2)
     return results
 
 
@@ -266,7 +267,7 @@ def train_head(
     raw = job_raw(job, quiet)
     run_dir = job.folder / name
     trainer = Trainer(load_config(raw), run_dir, torch.device(device))
-    (run_dir / "config.json").write_text(json.dumps(raw, indent=2) + "\n")
+    atomic_save_json(raw, run_dir / "config.json", indent=2)
     trainer.fit()
     return {key: value.cpu() for key, value in trainer.model.state_dict().items()}
 

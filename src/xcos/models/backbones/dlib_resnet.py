@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xcos.cache import cache_root
+from xcos.checkpoints import load_weights_file, write_checkpoint
 from xcos.errors import ConfigError
 from xcos.io_utils import file_sha256
 from xcos.models.dlib_format import (
@@ -43,9 +44,7 @@ from xcos.models.dlib_format import (
     read_dlib_resnet,
 )
 from xcos.models.geometry import strided_centres
-from xcos.models.targets import load_state_dict
 from xcos.registry import BACKBONES
-from xcos.weights_io import save_checkpoint
 
 __all__ = ["Affine", "DlibResNet", "cached_dlib_weights", "convert_dlib_weights"]
 
@@ -158,11 +157,11 @@ class DlibResNet(nn.Module):
 
     def _load(self, weights: str) -> None:
         if weights == "auto":
-            self.load_state_dict(load_state_dict(cached_dlib_weights(), "dlib_resnet weights"))
+            load_weights_file(self, cached_dlib_weights(), "dlib_resnet weights", "DlibResNet")
         elif str(weights).endswith(".dat"):
             self.load_dlib_weights(read_dlib_resnet(weights))
         elif str(weights).endswith(".pth"):
-            self.load_state_dict(load_state_dict(weights, "dlib_resnet weights"))
+            load_weights_file(self, weights, "dlib_resnet weights", "DlibResNet")
         else:
             raise ConfigError(
                 f"DlibResNet weights must be 'auto', a .dat or .pth path, or None; got {weights!r}"
@@ -270,7 +269,7 @@ def convert_dlib_weights(dat: str | Path, out: str | Path) -> Path:
     model = DlibResNet(weights=None)
     model.load_dlib_weights(read_dlib_resnet(dat))
     out = Path(out)
-    save_checkpoint(model.state_dict(), out)
+    write_checkpoint(model.state_dict(), out)
     return out
 
 

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from xcos.config import ConfigError, DataConfig
+from xcos.config import DataConfig
+from xcos.errors import ConfigError
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
