@@ -266,6 +266,7 @@ def test_constructor_is_config_friendly(aligner):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_aligns_real_lfw_faces_onto_the_template():
     paths = lfw_images(20)
     aligner = FaceAligner(select="central")
@@ -300,6 +301,7 @@ def test_aligns_real_lfw_faces_onto_the_template():
     assert np.median(again) < 3.5 and max(again) < 10.0, again
 
 
+@pytest.mark.slow
 def test_batched_detection_matches_one_by_one(aligner):
     paths = lfw_images(3)
     small = np.asarray(Image.open(paths[0]).resize((180, 180), Image.BILINEAR))
@@ -311,6 +313,7 @@ def test_batched_detection_matches_one_by_one(aligner):
         assert np.abs(result.face.astype(int) - single.face.astype(int)).max() <= 1
 
 
+@pytest.mark.slow
 def test_largest_or_most_central_face():
     big, small = lfw_images(2)
     canvas = Image.new("RGB", (1200, 1200), (128, 128, 128))
@@ -323,6 +326,7 @@ def test_largest_or_most_central_face():
     assert np.all(np.abs(central.landmarks - 600) < 100)  # the small one, in the middle
 
 
+@pytest.mark.slow
 def test_colour_order_survives_alignment(aligner, lfw_face):
     rgb = read_rgb(lfw_face)
     first = aligner.align(rgb)
@@ -355,6 +359,7 @@ def test_no_face_raises_an_error_naming_the_image(grey_png):
     assert aligner.stats.no_face_errors == 1 and aligner.stats.faces == 0
 
 
+@pytest.mark.slow
 def test_center_crop_fallback_is_flagged_and_counted(grey_png, lfw_face):
     aligner = FaceAligner(no_face="center_crop")
     results = aligner.align_batch([grey_png, lfw_face, grey_png])
@@ -409,6 +414,7 @@ def test_wrong_array_types_fail_clearly(aligner):
         aligner.align(np.zeros((50, 50, 2), np.uint8))
 
 
+@pytest.mark.slow
 def test_huge_jpeg_is_reduced_while_decoding(tmp_path, lfw_face):
     """6000 x 4000 (24 MP > 20 MP): decoded at 1/2 scale by the JPEG decoder (3000 x 2000, never
     the full 24 MP), detected on a <= 640 px copy; landmarks reported at full resolution."""
@@ -431,6 +437,7 @@ def test_huge_jpeg_is_reduced_while_decoding(tmp_path, lfw_face):
     assert eye_error(result) < 6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
 def test_images_over_max_pixels_are_reduced(tmp_path, lfw_face, suffix):
     """PNG: resized after decoding; JPEG: reduced by the decoder (250 -> 125)."""
@@ -494,6 +501,7 @@ KINDS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_input_kinds_become_rgb(aligner, lfw_face, tmp_path, kind):
     original = Image.open(lfw_face).convert("RGB")

@@ -26,11 +26,11 @@ COMBOS = [
     (100, 0.25, 16),
     (152, 0.25, None),
 ]
-# Full width depth 50 is run once only (it is the slowest case).
+# Full width depth 50 is run once only (it is the slowest case: marked slow).
 FULL_WIDTH_NAME = "ir_se"
 
 
-def _cases() -> list[tuple[str, int, float, int | None]]:
+def _cases() -> list:
     # The IResNet family: every registered backbone taking depth / width (dlib_resnet is a
     # fixed network with its own tests in test_dlib.py).
     names = [
@@ -39,8 +39,8 @@ def _cases() -> list[tuple[str, int, float, int | None]]:
         if {"depth", "width"} <= set(inspect.signature(BACKBONES.get(name)).parameters)
     ]
     cases = [(name, *combo) for name in names for combo in COMBOS]
-    cases.append((FULL_WIDTH_NAME if FULL_WIDTH_NAME in names else names[0], 50, 1.0, 512))
-    return cases
+    full_width = FULL_WIDTH_NAME if FULL_WIDTH_NAME in names else names[0]
+    return [*cases, pytest.param(full_width, 50, 1.0, 512, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize(("name", "depth", "width", "embedding_dim"), _cases())

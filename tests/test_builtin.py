@@ -68,6 +68,7 @@ def test_builtin_files_are_refused_when_they_cannot_work(tmp_path):
         builtin_path("arcface")
 
 
+@pytest.mark.slow
 def test_explain_two_lfw_photos_with_no_checkpoint(tmp_path, capsys):
     """The README's real-face example: `xcos explain a.jpg b.jpg`, nothing else."""
     require_dlib_weights()

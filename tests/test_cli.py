@@ -36,6 +36,7 @@ SHRINK = [
 ]
 
 
+@pytest.mark.slow
 def test_demo_config_trains_and_tests_shrunk(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the demo's relative data paths land in tmp_path
     assert main(["train", "-tc", str(DEMO_CONFIG), *SHRINK, "--out", "run"]) == 0
@@ -77,6 +78,7 @@ def test_demo_config_trains_and_tests_shrunk(tmp_path, monkeypatch, capsys):
     assert "synth_test" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_classic_entry_point_and_resume_into_same_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert (
@@ -110,6 +112,7 @@ def test_device_cuda_without_gpu(tmp_path, capsys):
     assert "no CUDA GPU is available" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_main_py_test_mode_without_weights_and_missing_config(tmp_path):
     run = subprocess.run(
         [

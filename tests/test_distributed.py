@@ -103,6 +103,7 @@ def test_persistent_workers_see_each_epoch(tiny_config, tmp_path):
     assert not torch.equal(first["image_b"], second["image_b"])
 
 
+@pytest.mark.slow
 def test_importing_never_joins_a_process_group():
     """The group is joined by the command, from torchrun's variables, not at import."""
     code = (
@@ -148,6 +149,7 @@ def _turns_worker(rank: int, port: int, log: str) -> None:
         shutdown_distributed(wait=sys.exc_info()[0] is None)
 
 
+@pytest.mark.slow
 def test_main_first_runs_rank_0_then_each_nodes_first_process_then_the_rest(tmp_path):
     log = tmp_path / "turns.txt"
     mp.spawn(_turns_worker, args=(free_port(), str(log)), nprocs=4)
@@ -185,6 +187,7 @@ def _sharded_scores_worker(rank: int, port: int, synth: str, out: str) -> None:
         shutdown_distributed(wait=sys.exc_info()[0] is None)
 
 
+@pytest.mark.slow
 def test_sharded_validation_scores_every_pair_once(tiny_synth, tmp_path):
     mp.spawn(_sharded_scores_worker, args=(free_port(), str(tiny_synth), str(tmp_path)), nprocs=2)
     sharded = torch.load(tmp_path / "sharded.pt", weights_only=True)
@@ -227,6 +230,7 @@ def _flat(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tiny_synth, tmp_path):
     mp.spawn(_loss_worker, args=(free_port(), str(tiny_synth), str(tmp_path)), nprocs=2)
     two = torch.load(tmp_path / "two.pt", weights_only=True)
@@ -247,6 +251,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tiny_synth, 
 # ----------------------------------------------------------------------------- torchrun
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_then_resume_in_one(tiny_synth, tmp_path):
     import json
 

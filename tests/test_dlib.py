@@ -234,6 +234,7 @@ def _lfw_chips(dlib: ModuleType, count: int) -> np.ndarray:
     return np.stack(chips)
 
 
+@pytest.mark.slow
 def test_descriptors_equal_dlib(dlib: ModuleType, dat: Path, dlib_model: DlibResNet) -> None:
     chips = _lfw_chips(dlib, ORACLE_FACES)
     assert len(chips) >= MIN_ORACLE_FACES

@@ -15,6 +15,8 @@ from xcos.cli import main
 from xcos.data.aligners import make_aligner
 from xcos.errors import ConfigError, NoFaceError, SetupError
 
+pytestmark = pytest.mark.slow  # dlib's detector and shape predictor on real LFW photos
+
 # Two faces (a large central one and a small one at the lower left), one plain, and one in
 # which dlib's HOG detector finds no face at all (upsample 1).
 TWO_FACES = "AJ_Cook/AJ_Cook_0001.jpg"

@@ -19,6 +19,7 @@ DLIB_ALIGNMENT = {
 }
 
 
+@pytest.mark.slow
 def test_dlib_resnet_through_our_alignment_on_lfw_fold_one():
     lfw = require_shared("data/lfw")
     require_dlib_weights()

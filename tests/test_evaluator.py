@@ -75,6 +75,7 @@ def test_faces_of_another_size_are_refused_not_resized():
         evaluate_pair_set(small_model(), small, CPU)
 
 
+@pytest.mark.slow
 def test_the_compiled_forward_scores_as_the_eager_one_and_follows_new_weights():
     """``compiled``: torch.compile with frozen weights gives the eager scores, a short last
     batch included (12 images in batches of 5: padded to 5, padding dropped), and a model

@@ -4,6 +4,7 @@ which cell a small change of the input moves the most."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tests.conftest import require_dlib_weights
@@ -67,6 +68,7 @@ def smooth_face(size: int) -> torch.Tensor:
     return torch.nn.functional.interpolate(noise, size=size, mode="bilinear")
 
 
+@pytest.mark.slow
 def test_ir_cells_sit_half_a_cell_up_and_left_of_equal_squares():
     torch.manual_seed(0)
     backbone = IResNet(depth=10, width=0.25, embedding_dim=None)
@@ -81,6 +83,7 @@ def test_patch_encoder_cells_see_only_their_patch():
     assert agreement(backbone, smooth_face(64), grid_edges(backbone), step=5) == [1.0]
 
 
+@pytest.mark.slow
 def test_dlib_level_2_cells_where_its_unpadded_layers_put_them():
     require_dlib_weights()
     backbone = DlibResNet(level=2, weights="auto")

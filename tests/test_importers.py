@@ -85,6 +85,7 @@ def iresnet50_file(documented, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "arch", "how"), RECOGNIZERS)
 def test_import_and_load_recognizer(documented, tmp_path, name, arch, how) -> None:
     keys = documented[name]
@@ -222,6 +223,7 @@ def released(documented, tmp_path_factory):
     return source, out, model
 
 
+@pytest.mark.slow
 def test_released_checkpoint_loads_completely(released) -> None:
     source, out, model = released
     record = torch.load(out, weights_only=True)
@@ -280,6 +282,7 @@ def _original_head(src, spatial_a, spatial_b):
     return grid_a, cosine, attention, (cosine * attention).sum(dim=(1, 2))
 
 
+@pytest.mark.slow
 def test_released_head_is_numerically_the_original(released) -> None:
     source, _, model = released
     g = torch.Generator().manual_seed(3)

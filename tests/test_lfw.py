@@ -16,6 +16,7 @@ from xcos.evaluation.evaluator import evaluate_pair_set
 from xcos.models.xcos_model import build_model
 
 
+@pytest.mark.slow
 def test_one_lfw_fold_is_detected_aligned_and_evaluated():
     lfw = require_shared("data/lfw")
     fold = subset_folds(read_lfw(str(lfw / "pairs.txt"), str(lfw / "images")), [0])
@@ -63,6 +64,7 @@ def small_lfw_pairs(lfw, folder, per_half=5):
     return path
 
 
+@pytest.mark.slow
 def test_prepare_command_and_test_mode_on_lfw_pairs(tmp_path, monkeypatch, capsys):
     from xcos.cli import main
 
@@ -123,6 +125,7 @@ def test_prepare_command_and_test_mode_on_lfw_pairs(tmp_path, monkeypatch, capsy
     assert list((tmp_path / "cache" / "packs").glob("lfw-*.pack"))
 
 
+@pytest.mark.slow
 def test_prepare_command_aligns_a_csv_of_photos(tmp_path, capsys):
     from xcos.cli import main
 

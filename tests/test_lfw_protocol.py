@@ -90,6 +90,7 @@ PLUGIN = {
 }
 
 
+@pytest.mark.slow
 def test_protocol_trains_a_head_per_fold_and_reports_three_scores(
     tiny_config, tiny_synth, tmp_path, monkeypatch
 ):
@@ -172,6 +173,7 @@ def test_lfw_people_pairs_excludes_sets_and_labels_identities(tiny_synth, tmp_pa
     assert int(item["label"]) == int(item["identity_a"] == item["identity_b"])
 
 
+@pytest.mark.slow
 def test_lfw_protocol_command_prints_the_table(tiny_synth, tmp_path, monkeypatch, capsys):
     from tests.conftest import DEMO_CONFIG, tiny_overrides
     from xcos.cli import main
@@ -191,6 +193,7 @@ def test_lfw_protocol_command_prints_the_table(tiny_synth, tmp_path, monkeypatch
     assert results["folds"] == [3] and "view1" not in results
 
 
+@pytest.mark.slow
 def test_heads_trained_side_by_side_equal_heads_trained_in_turn(
     tiny_config, tiny_synth, tmp_path, monkeypatch
 ):

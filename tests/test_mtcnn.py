@@ -35,6 +35,7 @@ def test_pyramid_starts_at_the_smallest_face_and_stops_at_twelve_pixels():
     assert len(pyramid_scales(250, 250, 20, 0.709)) == len(scales) + 2
 
 
+@pytest.mark.slow
 def test_cascade_finds_facenet_pytorchs_faces_and_landmarks_on_lfw():
     from facenet_pytorch import MTCNN
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.conftest import REPO, require_module
 
 NOTEBOOK = REPO / "doc" / "visualize_xcos_one_example.ipynb"
 
 
+@pytest.mark.slow
 def test_notebook_executes_and_draws_both_figures(tiny_checkpoint, tiny_synth, monkeypatch):
     nbformat = require_module("nbformat")
     nbclient = require_module("nbclient")

@@ -26,7 +26,8 @@ MAPS = ("patch_cosine", "attention", "contribution", "difference")
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, tmp_path_factory):
-    """One export of the tiny checkpoint (several seconds), shared by this module's tests."""
+    """One export of the tiny checkpoint (several seconds, so the tests using it are slow),
+    shared by this module's tests."""
     require_module("onnxruntime")
     verifier = Verifier.from_checkpoint(tiny_checkpoint, device="cpu")
     path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
@@ -54,6 +55,7 @@ def assert_same(torch_result, onnx_result) -> None:
         assert np.abs(got - expected).max() <= TOLERANCE, name
 
 
+@pytest.mark.slow
 def test_export_stores_the_metadata_and_passes_its_check(exported, tiny_checkpoint):
     _, path, report = exported
     assert path.is_file() and report.bytes == path.stat().st_size
@@ -83,6 +85,7 @@ def test_export_stores_the_metadata_and_passes_its_check(exported, tiny_checkpoi
     assert batch.dim_param and not batch.dim_value  # the batch is dynamic
 
 
+@pytest.mark.slow
 def test_from_onnx_explains_like_pytorch(exported, tiny_synth):
     verifier, path, _ = exported
     on_onnx = Verifier.from_onnx(path)
@@ -108,6 +111,7 @@ class CountingSession:
         return self.session.run(outputs, feeds)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pairs", [1, 5])
 def test_a_batch_of_pairs_in_one_run(exported, tiny_synth, pairs):
     verifier, path, _ = exported
@@ -122,6 +126,7 @@ def test_a_batch_of_pairs_in_one_run(exported, tiny_synth, pairs):
         assert_same(expected, got)
 
 
+@pytest.mark.slow
 def test_export_command(tiny_checkpoint, tmp_path, capsys):
     require_module("onnxruntime")
     out = tmp_path / "cli.onnx"
@@ -146,6 +151,7 @@ def test_export_command_rejects_an_opset_it_cannot_write(tiny_checkpoint, tmp_pa
         xcos_onnx.check_opset(17)
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_an_xcos_export(exported, tmp_path):
     onnx = require_module("onnx")
     _, path, _ = exported
@@ -176,6 +182,7 @@ def traced_again(path):
     return model
 
 
+@pytest.mark.slow
 def test_a_mismatch_is_an_error_and_writes_nothing(exported, tmp_path, monkeypatch):
     verifier, path, _ = exported
     real = xcos_onnx.compare_runtimes
@@ -209,6 +216,7 @@ def test_missing_onnxruntime_says_how_to_install(tmp_path, monkeypatch):
         OnnxScorer(tmp_path / "model.onnx")
 
 
+@pytest.mark.slow
 def test_serve_onnx_answers_like_pytorch(exported, tiny_synth, monkeypatch):
     """`xcos serve --onnx`: the API on onnxruntime gives PyTorch's scores and maps."""
     import io

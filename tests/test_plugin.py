@@ -172,6 +172,7 @@ def test_fold_accuracy_chooses_the_threshold_on_the_other_folds():
     assert reference_threshold(scores, labels) == pytest.approx((0.3, 5 / 6))
 
 
+@pytest.mark.slow
 def test_model_pretrained_loads_an_imported_recognizer(plugin_config, tmp_path):
     from xcos.models.backbones.arcface_torch import ArcFaceIResNet
     from xcos.models.importers import import_recognizer

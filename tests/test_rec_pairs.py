@@ -158,6 +158,7 @@ def test_trainer_decodes_on_its_device(tiny_config, tmp_path):
     assert trainer.step == 2 and np.isfinite(losses["loss"])
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_read_disjoint_shares(tmp_path):
     """Two processes under torchrun, each with a DataLoader worker: together they read every
     anchor of the epoch once, in the shares the epoch sampler gives them, with the right bytes."""

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import REPO, require_shared
@@ -74,6 +75,7 @@ def main_py(root: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_flagship_config_trains_an_epoch_on_the_downloaded_folder_then_tests(tmp_path):
     downloaded_folder(tmp_path)
     done = main_py(tmp_path, "--out", "run")

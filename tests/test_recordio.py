@@ -330,7 +330,9 @@ class Payloads(torch.utils.data.Dataset):
         return hashlib.sha256(self.file.payload(int(self.file.keys[index]))).hexdigest()
 
 
-@pytest.mark.parametrize(("context", "workers"), [("fork", 2), ("spawn", 1)])
+@pytest.mark.parametrize(
+    ("context", "workers"), [("fork", 2), pytest.param("spawn", 1, marks=pytest.mark.slow)]
+)
 def test_workers_read_the_same_bytes(context, workers):
     folder = require_shared("data/rec/lfw20_shuffled")
     file = RecordFile(folder)

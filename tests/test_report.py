@@ -48,6 +48,7 @@ def test_pick_pairs_orders_the_worst_errors_first():
     assert pick_pairs(scores, labels, 0.5, errors=1, correct=1, seed=0)["false accepts"] == [0]
 
 
+@pytest.mark.slow
 def test_report_is_a_self_contained_folder(checkpoint, tiny_synth, tmp_path, capsys):
     out = tmp_path / "report"
     args = ["report", "-p", str(checkpoint), "--pairs", str(tiny_synth / "synth_val.csv")]
@@ -97,6 +98,7 @@ def test_report_needs_a_threshold(checkpoint, tiny_synth, tmp_path, capsys):
     assert "threshold" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_report_opens_in_headless_chromium(checkpoint, tiny_synth, tmp_path):
     out = tmp_path / "report"
     args = ["report", "-p", str(checkpoint), "--pairs", str(tiny_synth / "synth_val.csv")]

@@ -80,6 +80,7 @@ def _torchrun(launcher: list[str], run: Path, layer: Path) -> subprocess.Complet
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
+@pytest.mark.slow
 def test_torchrun_restart_after_a_killed_worker_equals_an_uninterrupted_run(tiny_synth, tmp_path):
     layer = tiny_overrides(tiny_synth)
     # 2 epochs of 3 steps, a checkpoint after every step, bit-reproducible fp32 on CPU

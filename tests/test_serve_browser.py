@@ -179,6 +179,7 @@ def expected_regions(explanation) -> list[str]:
     return lines
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [DESKTOP, PHONE])
 def test_verify_two_faces_in_the_browser(browser, url, verifier, tiny_synth, artifacts, width):
     a, b = faces(tiny_synth)
@@ -235,6 +236,7 @@ def test_verify_two_faces_in_the_browser(browser, url, verifier, tiny_synth, art
     assert severe(browser) == []
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_an_image_shows_the_api_error(
     browser, url, tiny_synth, tmp_path, artifacts
 ):
@@ -274,6 +276,7 @@ for (const type of ['dragenter', 'dragover', 'drop']) {
 """
 
 
+@pytest.mark.slow
 def test_dropped_files_and_the_api_key(browser, keyed_url, verifier, tiny_synth, artifacts):
     a, b = faces(tiny_synth)
     open_page(browser, keyed_url, DESKTOP)

@@ -206,7 +206,7 @@ def test_pickled_store_carries_no_pixels(packed):
     assert len(pickle.dumps(store)) < 10_000 and np.array_equal(copy[20], store[20])
 
 
-@pytest.mark.parametrize("context", ["fork", "spawn"])
+@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])
 def test_data_loader_with_workers(packed, context):
     shards = ShardPairs(str(packed))
     shards.set_epoch(1)
@@ -225,11 +225,29 @@ def test_cli_packs_and_reports_errors(tiny_synth, tmp_path, capsys):
     assert "nowhere' does not exist" in capsys.readouterr().err
 
 
-def test_training_on_shards_writes_a_checkpoint(tiny_config, packed, tmp_path):
-    train = {"type": "shard_pairs", "root": str(packed), "seed": 0}
-    config = tiny_config({"data": {"train": train}, "trainer": {"max_steps_per_epoch": 2}})
-    Trainer(config, tmp_path / "run", torch.device("cpu")).fit()
-    assert (tmp_path / "run/checkpoints/last.pth").is_file()
+def test_training_on_shards_equals_training_on_their_image_folder(tiny_config, packed, tmp_path):
+    """The shards hold tiny_synth/train's faces and pair them as ImageFolderPairs does, so the
+    Trainer takes the same steps: equal weights and losses after two steps, not only a file."""
+    shards = {"type": "shard_pairs", "root": str(packed), "seed": 0}  # tiny_config's seed
+    steps = {"trainer": {"max_steps_per_epoch": 2}}
+    runs = {"shards": [{"data": {"train": shards}}, steps], "folder": [steps]}
+    for name, layers in runs.items():
+        Trainer(tiny_config(*layers), tmp_path / name, torch.device("cpu")).fit()
+    on_shards, on_folder = (
+        torch.load(tmp_path / name / "checkpoints/last.pth", weights_only=True) for name in runs
+    )
+    assert on_shards["config"]["data"]["train"]["type"] == "shard_pairs"
+    assert on_folder["config"]["data"]["train"]["type"] == "image_folder_pairs"
+    assert (
+        (on_shards["epoch"], on_shards["step"]) == (on_folder["epoch"], on_folder["step"]) == (1, 2)
+    )
+    weights, expected = on_shards["model"], on_folder["model"]
+    assert weights.keys() == expected.keys()
+    assert all(torch.equal(weights[key], expected[key]) for key in expected), [
+        key for key in expected if not torch.equal(weights[key], expected[key])
+    ][:5]
+    metrics = [(tmp_path / name / "metrics.csv").read_text() for name in runs]
+    assert metrics[0] == metrics[1]  # the logged losses and validation scores, digit for digit
 
 
 def test_frozen_backbone_on_shards_caches_its_outputs(tiny_config, packed, tmp_path, monkeypatch):

@@ -28,6 +28,7 @@ def states_equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_two_epochs_equal_one_epoch_then_resume(tiny_config, tmp_path):
     config = tiny_config(overrides=("trainer.epochs=2", "trainer.deterministic=true"))
     straight = Trainer(config, tmp_path / "straight", CPU)
@@ -132,6 +133,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_state(tiny_config, tmp_path):
     assert all(torch.equal(saved["model"][k], p) for k, p in parameters.items())
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_leaves_loadable_last_and_resumes(tiny_synth, tmp_path):
     layer = tiny_overrides(tiny_synth)
     layer["trainer"] |= {"max_steps_per_epoch": 200, "checkpoint_every_steps": 1, "epochs": 1}
@@ -178,6 +180,7 @@ def test_sigkill_mid_epoch_leaves_loadable_last_and_resumes(tiny_synth, tmp_path
     assert (run_dir / "checkpoints" / "best.pth").exists()
 
 
+@pytest.mark.slow
 def test_test_mode_writes_metrics_scores_and_figures(tiny_config, tmp_path, monkeypatch):
     config = tiny_config()
     Trainer(config, tmp_path / "train", CPU).fit()
@@ -320,6 +323,7 @@ def test_pretrained_target_is_frozen_and_in_eval_mode(tiny_config, tmp_path):
     assert not any(id(p) in all_optimized for p in target.parameters())
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager(tiny_config, tmp_path):
     """trainer.compile (on in the demo config; ~30 s to compile here): the same first loss
     as eager, and it trains."""
