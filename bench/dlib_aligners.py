@@ -2,7 +2,7 @@
 
 For each aligner, the 7,701 images of ``pairs.txt`` are aligned onto dlib's 150 x 150 chip
 through the pack cache (as ``xcos prepare`` and test mode do; MTCNN with LFW's settings, as
-``tests/test_dlib_lfw.py``, ``configs/xcos_dlib_lfw.json`` and the 98.85% of
+``tests/evaluation/test_dlib_lfw.py``, ``configs/xcos_dlib_lfw.json`` and the 98.85% of
 ``doc/results.md`` use it: dlib template, central face, centred crop where no face is found),
 embedded with the dlib port (``dlib_resnet``), and scored on the 10 official folds:
 

@@ -1,4 +1,4 @@
-"""Run under torchrun by tests/test_rec_pairs.py: each rank reads its share of epoch 1 of a
+"""Run under torchrun by tests/data/test_rec_pairs.py: each rank reads its share of epoch 1 of a
 RecordIO folder's pairs through one DataLoader worker and writes ``[record key, SHA-256 of the
 anchor's bytes]`` of every anchor it read to ``<out>/rank<R>.json``.
 

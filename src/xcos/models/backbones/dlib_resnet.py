@@ -223,7 +223,7 @@ class DlibResNet(nn.Module):
         blocks add a 3x3/2 branch to a 2x2/2 average pool. Through the stem and levels,
         level-2 cells are centred near ``16o + 14.5`` (16 px apart). Level 1's first block
         zero-pads its 3x3 branch to 4x4 and two padded blocks follow; measured (which cell a
-        small change moves the most, ``tests/test_geometry.py``), its cells sit where equal
+        small change moves the most, ``tests/models/test_geometry.py``), its cells sit where equal
         37.5-px cells of the 150-px chip do."""
         if self.level == 1:
             return strided_centres(self.grid_size, 37.5, 18.75)

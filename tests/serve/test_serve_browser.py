@@ -19,7 +19,7 @@ from xcos import Verifier
 
 PHONE = 390  # px: a phone's width (iPhone 12 to 15)
 DESKTOP = 1280
-STATIC = Path(__file__).resolve().parents[1] / "src" / "xcos" / "serve" / "static"
+STATIC = Path(__file__).resolve().parents[2] / "src" / "xcos" / "serve" / "static"
 REGION_NAMES = {
     "left_eye": "eye (image left)",
     "right_eye": "eye (image right)",

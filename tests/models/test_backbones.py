@@ -14,7 +14,7 @@ import xcos.models.backbones  # noqa: F401  (registers the backbones)
 from xcos.errors import ConfigError
 from xcos.registry import BACKBONES
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("XCOS_SHARED", REPO.parent / "shared"))
 KEYS_FILE = SHARED / "docs" / "checkpoint-keys.json"
 

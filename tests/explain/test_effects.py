@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tests.test_faithfulness_games import xcos_difference
+from tests.explain.test_faithfulness_games import xcos_difference
 from xcos.explain.effects import cell_effects, changed_cells
 from xcos.explain.faithfulness import (
     effect_agreement,
@@ -169,7 +169,7 @@ EFFECTS = {"data": {"effects": {"pairs": 5, "swaps": 6, "side": [0.2, 0.4], "see
 
 
 def test_training_pairs_carry_measured_effects_cached_once(tiny_config, tmp_path, monkeypatch):
-    from tests.test_plugin import PLUGIN
+    from tests.models.test_plugin import PLUGIN
     from xcos.engine import effect_targets
     from xcos.engine.trainer import Trainer
 

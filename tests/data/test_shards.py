@@ -252,7 +252,7 @@ def test_training_on_shards_equals_training_on_their_image_folder(tiny_config, p
 
 def test_frozen_backbone_on_shards_caches_its_outputs(tiny_config, packed, tmp_path, monkeypatch):
     """A frozen recognizer's outputs are cached per shards folder (the face-store interface)."""
-    from tests.test_plugin import PLUGIN
+    from tests.models.test_plugin import PLUGIN
 
     monkeypatch.setenv("XCOS_CACHE", str(tmp_path / "cache"))
     train = {"type": "shard_pairs", "root": str(packed), "seed": 0, "flip": True}

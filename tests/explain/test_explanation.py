@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_evaluator import CPU, array_pair_set, small_model
+from tests.evaluation.test_evaluator import CPU, array_pair_set, small_model
 from xcos.evaluation.evaluator import compare_pairs, embed_images
 from xcos.explain.explanation import Explanation, explain_pairs
 from xcos.models.geometry import grid_edges

@@ -18,8 +18,8 @@ from PIL import Image
 from torch.utils.data import default_collate
 
 from tests.conftest import REPO, require_shared
+from tests.data.test_recordio import face_jpeg
 from tests.helpers.recordio_writer import insightface_records, write_rec
-from tests.test_recordio import face_jpeg
 from xcos.cli import main
 from xcos.data.images import to_tensor
 from xcos.data.rec_pairs import RecPairs, collate_encoded
@@ -144,7 +144,7 @@ def test_decoding_on_the_device_names_a_bad_or_unaligned_face(tmp_path):
 
 def test_trainer_decodes_on_its_device(tiny_config, tmp_path):
     """The Trainer collates encoded faces and decodes them before the model sees the batch
-    (the workers' decoding runs in tests/test_rec_training.py)."""
+    (the workers' decoding runs in tests/engine/test_rec_training.py)."""
     train = {"type": "rec_pairs", "root": str(require_shared("data/rec/lfw40")), "decode": "device"}
     layer = {
         "data": {"train": train, "num_workers": 1},
