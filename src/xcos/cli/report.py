@@ -24,17 +24,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Score the pair set, write the page and its figures, print where it is."""
     from xcos.explain.report import pair_set_for_model, write_report
-    from xcos.explain.verifier import Verifier
+    from xcos.explain.verifier import model_from_checkpoint, required_threshold
+    from xcos.runtime import resolve_device
 
-    verifier = Verifier.from_checkpoint(args.pretrained, args.threshold, args.metrics, args.device)
-    threshold = verifier.require_threshold()
-    pair_set = pair_set_for_model(args.pairs, verifier.model)
+    model, threshold, _ = model_from_checkpoint(args.pretrained, args.threshold, args.metrics)
+    threshold = required_threshold(threshold)
+    device = resolve_device(str(args.device))
+    model = model.to(device)
+    pair_set = pair_set_for_model(args.pairs, model)
     page = write_report(
-        verifier.model,
+        model,
         pair_set,
         threshold,
         args.out,
-        verifier.device,
+        device,
         errors=args.errors,
         correct=args.correct,
         layout=args.layout,

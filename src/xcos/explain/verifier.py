@@ -141,28 +141,7 @@ class Verifier:
         The threshold is ``threshold`` if given, else the xCos threshold of the first pair set
         in a test run's ``metrics.json``, else the one the checkpoint stored at validation.
         """
-        state = read_checkpoint(path, "-p")  # read once: weights, config and threshold
-        config = state.get("config") if isinstance(state, dict) else None
-        weights = state_dict_of(state, path, "-p")
-        if not any(key.startswith("head.grid.") for key in weights):
-            raise CheckpointError(
-                f"-p {str(path)!r} has no xCos head (no head.grid.* weights): it is not an xcos "
-                "model. Train one with `xcos train -tc <config>` (or import a recognizer and "
-                "train the head on it) and pass its checkpoints/best.pth"
-            )
-        if config is None:
-            raise CheckpointError(
-                f"-p {str(path)!r} holds weights only, without the config that describes the "
-                "model; use a checkpoint written by `xcos train` (checkpoints/best.pth)"
-            )
-        model_cfg = from_dict(ModelConfig, config["model"], "model")
-        model = build_and_load(model_cfg, path, inference=True, state=weights)
-        threshold, source = choose_threshold(threshold, metrics, state.get("threshold"))
-        provenance = {
-            "backbone": model_cfg.backbone.get("type", type(model.backbone).__name__),
-            "threshold_source": source,
-            **checkpoint_provenance(path),
-        }
+        model, threshold, provenance = model_from_checkpoint(path, threshold, metrics)
         return cls(model, threshold, device, align, max_pixels, provenance)
 
     @classmethod
@@ -210,12 +189,7 @@ class Verifier:
 
     def require_threshold(self) -> float:
         """The decision threshold; an error saying where to get one when there is none."""
-        if self.threshold is None:
-            raise ConfigError(
-                "no decision threshold: pass --threshold, or --metrics with a test run's "
-                "metrics.json, or use a checkpoint written after validation"
-            )
-        return self.threshold
+        return required_threshold(self.threshold)
 
     def explain(self, image_a: ImageLike, image_b: ImageLike) -> Explanation:
         """Verify and explain one pair."""
@@ -316,6 +290,48 @@ def _named(err: XcosError, which: str) -> XcosError:
     message = str(err)
     named = message.startswith(which) or repr(which) in message
     return type(err)(message if named else f"{which}: {message}")
+
+
+def model_from_checkpoint(
+    path: str | Path, threshold: float | None = None, metrics: str | Path | None = None
+) -> tuple[XCosModel, float | None, dict[str, Any]]:
+    """(model in eval mode, decision threshold or None, provenance) of an xcos checkpoint:
+    the model built from the config stored in it, its weights loaded; the threshold chosen as
+    ``Verifier.from_checkpoint`` says. What the Verifier and ``xcos report`` load a
+    checkpoint with."""
+    state = read_checkpoint(path, "-p")  # read once: weights, config and threshold
+    config = state.get("config") if isinstance(state, dict) else None
+    weights = state_dict_of(state, path, "-p")
+    if not any(key.startswith("head.grid.") for key in weights):
+        raise CheckpointError(
+            f"-p {str(path)!r} has no xCos head (no head.grid.* weights): it is not an xcos "
+            "model. Train one with `xcos train -tc <config>` (or import a recognizer and "
+            "train the head on it) and pass its checkpoints/best.pth"
+        )
+    if config is None:
+        raise CheckpointError(
+            f"-p {str(path)!r} holds weights only, without the config that describes the "
+            "model; use a checkpoint written by `xcos train` (checkpoints/best.pth)"
+        )
+    model_cfg = from_dict(ModelConfig, config["model"], "model")
+    model = build_and_load(model_cfg, path, inference=True, state=weights)
+    threshold, source = choose_threshold(threshold, metrics, state.get("threshold"))
+    provenance = {
+        "backbone": model_cfg.backbone.get("type", type(model.backbone).__name__),
+        "threshold_source": source,
+        **checkpoint_provenance(path),
+    }
+    return model.eval(), threshold, provenance
+
+
+def required_threshold(threshold: float | None) -> float:
+    """``threshold``; an error saying where to get one when there is none."""
+    if threshold is None:
+        raise ConfigError(
+            "no decision threshold: pass --threshold, or --metrics with a test run's "
+            "metrics.json, or use a checkpoint written after validation"
+        )
+    return threshold
 
 
 def choose_threshold(
