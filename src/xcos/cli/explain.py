@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from xcos.cli.common import (
     BUILTIN_HELP,
@@ -13,6 +11,7 @@ from xcos.cli.common import (
     max_pixels_argument,
     model_verifier,
 )
+from xcos.io_utils import atomic_save_json
 
 DESCRIPTION = "verify and explain one pair of faces"
 
@@ -47,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         result.figure(args.layout).savefig(args.out, bbox_inches="tight")
         print(f"figure: {args.out}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result.as_dict(), indent=2) + "\n")
+        atomic_save_json(result.as_dict(), args.json, indent=2)
         print(f"json: {args.json}")
     return 0
 

@@ -4,7 +4,6 @@ run directory with its config, its log and, under torchrun, several processes.""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 
 from xcos.config import Config, config_diff, load_config, merge_layers
 from xcos.errors import ConfigError
+from xcos.io_utils import atomic_save_json
 
 if TYPE_CHECKING:  # torch is imported when a run starts, not when the parser is built
     import torch
@@ -106,7 +106,7 @@ def start_run(
             "".join(f"\n  {line}" for line in changes) or " (unchanged)",
         )
         if dist.is_main:
-            (run_dir / "config.json").write_text(json.dumps(config.raw, indent=2) + "\n")
+            atomic_save_json(config.raw, run_dir / "config.json", indent=2)
         processes_text = f", {dist.world_size} processes" if dist.enabled else ""
         log.info("run directory %s, device %s%s", run_dir, device, processes_text)
         with dist.main_first():  # one process generates data the others then read

@@ -19,6 +19,7 @@ from xcos.data.pair_sets import PairSet
 from xcos.evaluation.evaluator import compare_pairs, embed_images
 from xcos.explain.explanation import Explanation, explain_pairs
 from xcos.explain.figures import save_figure
+from xcos.io_utils import atomic_write
 
 
 def pair_set_for_model(path: str, model: torch.nn.Module, where: str = "--pairs") -> PairSet:
@@ -100,7 +101,8 @@ def write_report(
     counts = {title: len(indices) for title, indices in found.items()}
     accuracy = counts["correct decisions"] / len(labels)
     page = _page(pair_set.name, len(labels), threshold, accuracy, counts, sections)
-    (out / "index.html").write_text(page, encoding="utf-8")
+    with atomic_write(out / "index.html", "w") as stream:  # never half a page
+        stream.write(page)
     return out / "index.html"
 
 
