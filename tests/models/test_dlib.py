@@ -194,6 +194,28 @@ def test_feature_map_sizes() -> None:
     ]
 
 
+@pytest.mark.parametrize("level", [2, 1])
+def test_first_and_last_layers_stay_float32_under_autocast(level: int) -> None:
+    """bf16 autocast runs the body's convolutions in bf16 but those of the stem and level0
+    and the fc in float32 (``FLOAT32_MODULES``), whichever level the grid comes from."""
+    model = DlibResNet(level=level, weights=None).eval()
+    dtypes: dict[str, set[torch.dtype]] = {}
+
+    def record(name: str):
+        part = name.split(".")[0]
+        return lambda module, inputs, out: dtypes.setdefault(part, set()).add(out.dtype)
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear):
+            module.register_forward_hook(record(name))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(torch.zeros(2, 3, 150, 150))
+    expected = {name: {torch.float32} for name in dlib_resnet.FLOAT32_MODULES}
+    expected |= {f"level{k}": {torch.bfloat16} for k in (4, 3, 2, 1)}
+    assert dtypes == expected
+    assert outputs["embedding"].dtype == torch.float32
+
+
 def test_invalid_level_and_weights() -> None:
     with pytest.raises(ValueError, match=r"level must be 2 or 1; got 3"):
         DlibResNet(level=3, weights=None)

@@ -113,6 +113,13 @@ def _level(in_channels: int, channels: int, blocks: int, halves: bool) -> nn.Seq
     )
 
 
+#: Run in float32 even under bf16/fp16 autocast: the first layer (raw pixels in) and the
+#: last level with the fc (the descriptor out), 9% of the network's FLOPs. On LFW View 2
+#: (bench/evaluate_lfw.py, doc/performance.md) bf16 everywhere moves the scores by up to
+#: 1.8e-3; with these in float32, by up to 1.1e-3, at the same speed.
+FLOAT32_MODULES = ("stem", "level0", "fc")
+
+
 @BACKBONES.register("dlib_resnet")
 class DlibResNet(nn.Module):
     """dlib's face ResNet returning an xCos grid and dlib's 128-d descriptor.
@@ -197,12 +204,21 @@ class DlibResNet(nn.Module):
         pixels = (x + 1.0) * 127.5
         return (pixels - self.means.view(1, 3, 1, 1)) / 256.0
 
+    def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Submodule ``name`` on ``x``; one of ``FLOAT32_MODULES`` in float32 even under
+        autocast."""
+        module = self.get_submodule(name)
+        if name not in FLOAT32_MODULES:
+            return module(x)
+        with torch.autocast(x.device.type, enabled=False):
+            return module(x.to(self.means.dtype))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, 3, 150, 150] -> grid [B, out_channels, grid_size, grid_size]``: the map after
         the last relu of level ``self.level``."""
-        x = self.stem(self._dlib_input(x))
+        x = self._run("stem", self._dlib_input(x))
         for name in _LEVEL_NAMES[: _LEVEL_NAMES.index(f"level{self.level}") + 1]:
-            x = self.get_submodule(name)(x)
+            x = self._run(name, x)
         return x
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -214,8 +230,8 @@ class DlibResNet(nn.Module):
         grid = self.forward_features(x)
         x = grid
         for name in _LEVEL_NAMES[_LEVEL_NAMES.index(f"level{self.level}") + 1 :]:
-            x = self.get_submodule(name)(x)
-        return {"grid": grid, "embedding": self.fc(x.mean(dim=(2, 3)))}
+            x = self._run(name, x)
+        return {"grid": grid, "embedding": self._run("fc", x.mean(dim=(2, 3)))}
 
     def cell_centres(self) -> np.ndarray:
         """Pixel centres of the grid cells. dlib's stride-2 layers are unpadded: a layer of
