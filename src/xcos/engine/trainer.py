@@ -31,7 +31,13 @@ from xcos.errors import ConfigError, NonFiniteLossError
 from xcos.evaluation.evaluator import evaluate_pair_set
 from xcos.models.xcos_model import XCosModel, build_and_load
 from xcos.registry import DATASETS, LOSSES
-from xcos.runtime import autocast_factory, rng_states, seed_everything, set_rng_states
+from xcos.runtime import (
+    autocast_factory,
+    release_free_memory,
+    rng_states,
+    seed_everything,
+    set_rng_states,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +107,23 @@ class Trainer:
                 "data.effects: the measured pairs carry cached backbone outputs; set "
                 "model.freeze_backbone and data.cache_features to true"
             )
+        # The validation sets before the training data's caches: aligning a set's faces
+        # (MTCNN's threads and buffers) then runs while little else is held, instead of on top
+        # of the training set's backbone outputs and measured effects (a first run of
+        # configs/xcos_dlib_lfw.json peaked 0.5 GB higher that way: doc/performance.md).
+        with self.dist.main_first():  # LFW files are aligned into a cache on first use
+            self._load_validation(cache)
         if cache:
             with self.dist.main_first():  # rank 0 first: keyed faces are cached on disk for all
                 self.dataset = with_cached_features(
                     self.model, self.dataset, device, config.validation.batch_size
                 )
+                release_free_memory()
                 if config.data.effects is not None:
                     self.dataset = with_effect_targets(
                         self.model, self.dataset, config.data.effects, device
                     )
+                    release_free_memory()  # the measuring passes' buffers, before training
         self.losses = [LOSSES.build(c, f"losses.{i}") for i, c in enumerate(config.losses)]
         if config.model.calibrate and any(loss.output == "xcos" for loss in self.losses):
             raise ConfigError(
@@ -120,8 +134,6 @@ class Trainer:
         self.schedulers = build_schedulers(config.schedulers, self.optimizers)
         use_scaler = config.trainer.amp == "fp16"
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        with self.dist.main_first():  # LFW files are aligned into a cache on first use
-            self._load_validation(cache)
         self.sampler = EpochSampler(
             len(self.dataset), config.seed, self.dist.rank, self.dist.world_size
         )
