@@ -26,7 +26,7 @@ from xcos.data.pair_sets import PairSet
 from xcos.errors import DataError
 from xcos.io_utils import atomic_write
 from xcos.progress import progress
-from xcos.runtime import release_free_memory, reuse_freed_memory, torch_threads
+from xcos.runtime import freed_memory_reused, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,8 @@ def aligned_chunks(
     def align(chunk: list[str]) -> np.ndarray:
         return np.stack([found.face.transpose(2, 0, 1) for found in aligner.align_batch(chunk)])
 
-    reuse_freed_memory()  # detection buffers reused, not mapped and zeroed afresh each batch
-
     with (
+        freed_memory_reused(),  # detection buffers reused, not mapped and zeroed afresh
         progress(len(paths), "align", "img", log) as bar,
         torch_threads(1 if workers > 1 else None),
         ThreadPoolExecutor(max(workers, 1)) as pool,
@@ -112,7 +111,6 @@ def aligned_chunks(
                 yield _finished(pending.popleft(), bar)
         while pending:
             yield _finished(pending.popleft(), bar)
-    release_free_memory()  # what the threads' buffers held, back to the system
 
 
 def _finished(future: Future[np.ndarray], bar: Any) -> np.ndarray:
