@@ -507,3 +507,30 @@ def test_the_lfw_store_finds_an_image_by_any_path_that_leads_to_it(tmp_path, mon
     assert store.indices(direct, "t").tolist() == [4, 0]  # sorted: Ann 1-3, Bob 1-3, Cid 1-3
     with pytest.raises(DataError, match=r"Dan_0001\.jpg"):
         store.indices([real / "Dan/Dan_0001.jpg"], "pairs.txt")
+
+
+def _resident_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+            inside = len(fields) >= 6 and fields[5] == str(path)
+        elif inside and fields[0] == "Rss:":
+            total += int(fields[1])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's /proc")
+def test_release_face_pages_gives_back_what_a_pass_touched(tmp_path):
+    faces = np.random.default_rng(0).integers(0, 256, (64, 3, 112, 112), dtype=np.uint8)
+    folder = write_pack(
+        tmp_path / "set.pack", faces, [[0, 1]], [1], [0], [f"{i}.jpg" for i in range(64)]
+    )
+    pair_set = read_pack(str(folder))
+    file = (folder / "faces.npy").resolve()
+    assert int(np.asarray(pair_set.images).sum(dtype=np.int64)) == int(faces.sum(dtype=np.int64))
+    assert _resident_kib(file) >= faces.nbytes // 1024 * 9 // 10  # the pass mapped them in
+    pair_set.release_face_pages()
+    assert _resident_kib(file) < 64  # the old map is gone, the new one untouched
+    np.testing.assert_array_equal(pair_set.images, faces)  # the same faces, read afresh

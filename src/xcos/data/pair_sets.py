@@ -43,6 +43,13 @@ class PairSet:
     source: str | None = None
     _checked_sizes: set[int] = field(default_factory=set, init=False, repr=False, compare=False)
 
+    def release_face_pages(self) -> None:
+        """Map a memory-mapped pack's faces afresh: the pages that a pass over them touched
+        leave this process's resident memory (the kernel's page cache keeps them), e.g. once
+        a frozen backbone's outputs of the faces are cached. Other images stay as they are."""
+        if isinstance(self.images, np.memmap) and self.images.filename is not None:
+            self.images = np.load(self.images.filename, mmap_mode="r", allow_pickle=False)
+
     def __len__(self) -> int:
         return len(self.labels)
 

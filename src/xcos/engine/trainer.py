@@ -181,6 +181,8 @@ class Trainer:
         self.validation_outputs: dict[str, dict[str, torch.Tensor]] = {}
         if cached:
             self.validation_outputs = {p.name: self._cached_outputs(p) for p in self.pair_sets}
+            for pair_set in self.pair_sets:  # validation reads the cached outputs from now on
+                pair_set.release_face_pages()
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         net: torch.nn.Module = model
