@@ -172,3 +172,27 @@ def test_npy_rows_read_what_numpy_wrote_and_refuse_what_is_not_rows(tmp_path):
             NpyRows(tmp_path / f"{name}.npy")
     with pytest.raises(DataError, match=r"not a \.npy array file"):
         NpyRows(tmp_path / "x.npy")
+
+
+def test_prepare_streams_faces_through_a_scratch_file_it_removes(tmp_path, monkeypatch):
+    from xcos.data import prepare
+
+    (tmp_path / "set").mkdir()
+    csv_path = write_csv_set(tmp_path / "set", count=10)
+    pair_set = read_pair_csv(str(csv_path))
+    # every face written as its chunk comes, never gathered into one array first
+    monkeypatch.setattr(prepare, "align_images", lambda *a, **k: pytest.fail("gathered"))
+    out = prepare_pack(pair_set, tmp_path / "packs" / "mine.pack", CentreCropAligner(), [], 3)
+    expected = np.stack([shrunk(p).transpose(2, 0, 1) for p in pair_set.images])
+    np.testing.assert_array_equal(read_pack(str(out)).images, expected)
+    assert sorted(p.name for p in (tmp_path / "packs").iterdir()) == ["mine.pack"]
+
+    class Failing(CentreCropAligner):
+        def align_batch(self, paths):
+            if any(str(p).endswith("7.png") for p in paths):
+                raise RuntimeError("detector failed")
+            return super().align_batch(paths)
+
+    with pytest.raises(RuntimeError, match="detector failed"):
+        prepare_pack(pair_set, tmp_path / "packs" / "other.pack", Failing(), [], 3)
+    assert sorted(p.name for p in (tmp_path / "packs").iterdir()) == ["mine.pack"]

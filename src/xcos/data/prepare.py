@@ -7,15 +7,17 @@ contents of the sources and the alignment settings, so a rerun on the same data 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import tempfile
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -133,37 +135,78 @@ def prepare_pack(
     overwrite: bool = False,
     workers: int | None = None,
 ) -> Path:
-    """Align (when the set holds paths) and write ``pair_set`` as the pack ``out``."""
-    if isinstance(pair_set.images, np.ndarray):
-        faces, alignment = pair_set.images, {"method": "already aligned (source provides faces)"}
-        ids = [f"{pair_set.name}:{i}" for i in range(len(faces))]
-    else:
-        if aligner is None:
-            raise ValueError("prepare: images given as files need a face aligner")
-        faces = align_images(pair_set.images, aligner, batch_size, workers)
-        stats = aligner.stats
-        alignment = {
-            "settings": aligner_settings(aligner),
-            "stats": stats.as_dict() if hasattr(stats, "as_dict") else dict(stats),
+    """Align (when the set holds paths) and write ``pair_set`` as the pack ``out``.
+
+    Aligned faces stream into a scratch ``.npy`` beside ``out`` as they come and are copied
+    into the pack from there: alignment's peak memory does not hold every face as well.
+    """
+    with contextlib.ExitStack() as stack:
+        if isinstance(pair_set.images, np.ndarray):
+            faces = pair_set.images
+            alignment: dict[str, Any] = {"method": "already aligned (source provides faces)"}
+            ids = [f"{pair_set.name}:{i}" for i in range(len(faces))]
+        else:
+            if aligner is None:
+                raise ValueError("prepare: images given as files need a face aligner")
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            scratch = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix=".aligning-", dir=Path(out).parent)
+            )
+            faces = streamed_faces(
+                Path(scratch) / "faces.npy", pair_set.images, aligner, batch_size, workers
+            )
+            stats = aligner.stats
+            alignment = {
+                "settings": aligner_settings(aligner),
+                "stats": stats.as_dict() if hasattr(stats, "as_dict") else dict(stats),
+            }
+            ids = [_relative_id(p) for p in pair_set.images]
+        source = {
+            "files": [str(p) for p in sources],
+            "sha256": source_digest(pair_set, sources),
+            "prepare_version": PREPARE_VERSION,
         }
-        ids = [_relative_id(p) for p in pair_set.images]
-    source = {
-        "files": [str(p) for p in sources],
-        "sha256": source_digest(pair_set, sources),
-        "prepare_version": PREPARE_VERSION,
-    }
-    return write_pack(
-        out,
-        faces,
-        pair_set.pairs,
-        pair_set.labels,
-        pair_set.folds,
-        ids,
-        source,
-        alignment,
-        extra=pair_set.extra or None,
-        overwrite=overwrite,
-    )
+        return write_pack(
+            out,
+            faces,
+            pair_set.pairs,
+            pair_set.labels,
+            pair_set.folds,
+            ids,
+            source,
+            alignment,
+            extra=pair_set.extra or None,
+            overwrite=overwrite,
+        )
+
+
+def streamed_faces(
+    target: Path,
+    paths: Sequence[str | Path],
+    aligner: Any,
+    batch_size: int = ALIGN_BATCH,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Aligned faces of ``paths`` written to the ``.npy`` file ``target`` chunk by chunk,
+    returned memory-mapped (an empty [0, 3, 0, 0] array when there are no paths)."""
+    with target.open("wb") as stream:
+        chunks = aligned_chunks(paths, aligner, batch_size, workers)
+        if not write_face_chunks(stream, chunks, len(paths)):
+            return np.zeros((0, 3, 0, 0), np.uint8)
+    return np.load(target, mmap_mode="r", allow_pickle=False)
+
+
+def write_face_chunks(stream: BinaryIO, chunks: Iterator[np.ndarray], count: int) -> bool:
+    """Write ``count`` faces arriving in chunks [n, 3, S, S] to ``stream`` as one ``.npy``
+    array, each chunk as it comes (never all in memory at once). False when no chunk came."""
+    wrote = False
+    for chunk in chunks:
+        if not wrote:
+            header = {"descr": "|u1", "fortran_order": False, "shape": (count, *chunk.shape[1:])}
+            np.lib.format.write_array_header_1_0(stream, header)
+            wrote = True
+        stream.write(np.ascontiguousarray(chunk, dtype=np.uint8).tobytes())
+    return wrote
 
 
 def aligner_settings(aligner: Any) -> dict[str, Any]:
@@ -223,12 +266,6 @@ def cached_faces(
     target = cache / "faces" / f"{key}.npy"
     if not target.is_file():
         log.info("aligning %d images into the cache %s", len(paths), target)
-        # streamed to the file as they come: the faces are never all in memory at once
         with atomic_write(target) as stream:  # a crash never leaves a half-written entry
-            for index, chunk in enumerate(aligned_chunks(paths, aligner, batch_size)):
-                if index == 0:
-                    shape = (len(paths), *chunk.shape[1:])
-                    header = {"descr": "|u1", "fortran_order": False, "shape": shape}
-                    np.lib.format.write_array_header_1_0(stream, header)
-                stream.write(np.ascontiguousarray(chunk, dtype=np.uint8).tobytes())
+            write_face_chunks(stream, aligned_chunks(paths, aligner, batch_size), len(paths))
     return NpyRows(target), key
