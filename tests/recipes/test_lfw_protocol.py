@@ -151,8 +151,6 @@ def test_protocol_trains_a_head_per_fold_and_reports_three_scores(
     trained = load_config(tmp_path / "run" / "fold02" / "xcos_uniform" / "config.json")
     assert trained.data.train["exclude_sets"] == [2]
     assert trained.model.head["attention"] == "uniform"
-    assert trained.trainer.channels_last  # the heads' measured faster layout (doc/results.md)
-    assert not trained.validation.pair_sets  # the protocol scores the held-out fold itself
     assert "View 2" in format_results(results)
 
 

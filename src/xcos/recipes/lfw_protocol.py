@@ -254,11 +254,8 @@ def job_raw(job: HeadJob, quiet: bool = False) -> dict[str, Any]:
     raw["data"]["train"] = {**raw["data"]["train"], **job.train_data}
     raw["model"]["head"] = {**raw["model"]["head"], **job.head}
     raw["validation"] = {"pair_sets": []}  # the protocol scores the held-out fold itself
-    # A head on cached backbone outputs is mostly 1x1 convolutions, plain matrix products on
-    # channels-last tensors: 15% faster per head on a CPU (doc/results.md).
-    raw["trainer"] = {**raw.get("trainer", {}), "channels_last": True}
     if quiet:
-        raw["trainer"]["progress_bar"] = False
+        raw["trainer"] = {**raw.get("trainer", {}), "progress_bar": False}
     return raw
 
 
