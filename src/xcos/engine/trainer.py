@@ -108,9 +108,9 @@ class Trainer:
                 "model.freeze_backbone and data.cache_features to true"
             )
         # The validation sets before the training data's caches: aligning a set's faces
-        # (MTCNN's threads and buffers) then runs while little else is held, instead of on top
-        # of the training set's backbone outputs and measured effects (a first run of
-        # configs/xcos_dlib_lfw.json peaked 0.5 GB higher that way: doc/performance.md).
+        # (MTCNN's threads and buffers, handed back when it ends) then runs while little else
+        # is held, not on top of the training set's backbone outputs and measured effects
+        # (a first run's peaks per stage: doc/performance.md).
         with self.dist.main_first():  # LFW files are aligned into a cache on first use
             self._load_validation(cache)
         if cache:
