@@ -57,3 +57,14 @@ def test_without_glibc_nothing_is_called(monkeypatch) -> None:
     with runtime.freed_memory_reused():
         pass
     runtime.release_free_memory()
+
+
+def test_steady_heap_sets_fixed_thresholds(monkeypatch) -> None:
+    libc = FakeLibc()
+    monkeypatch.setattr(runtime, "_glibc", lambda: libc)
+    runtime.steady_heap()
+    # explicit values: glibc's sliding thresholds would trim and re-fault a step's buffers
+    assert libc.calls == [
+        ("mallopt", runtime.M_MMAP_THRESHOLD, 32 << 20),
+        ("mallopt", runtime.M_TRIM_THRESHOLD, 64 << 20),
+    ]

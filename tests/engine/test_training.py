@@ -337,3 +337,18 @@ def test_compiled_training_matches_eager(tiny_config, tmp_path):
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
     compiled.fit()
     assert (tmp_path / "compiled" / "checkpoints" / "last.pth").is_file()
+
+
+def test_trainer_fixes_the_heap_thresholds_before_any_pass(tiny_config, tmp_path, monkeypatch):
+    """glibc's sliding thresholds re-map and zero each step's activations (doc/performance.md):
+    the Trainer sets fixed ones first, before caching passes and steps."""
+    from tests.test_runtime_memory import FakeLibc
+    from xcos import runtime
+
+    libc = FakeLibc()
+    monkeypatch.setattr(runtime, "_glibc", lambda: libc)
+    Trainer(tiny_config(), tmp_path / "run", CPU)
+    assert libc.calls[:2] == [
+        ("mallopt", runtime.M_MMAP_THRESHOLD, runtime.AFTER_MMAP_THRESHOLD),
+        ("mallopt", runtime.M_TRIM_THRESHOLD, runtime.AFTER_TRIM_THRESHOLD),
+    ]

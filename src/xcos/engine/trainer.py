@@ -37,6 +37,7 @@ from xcos.runtime import (
     rng_states,
     seed_everything,
     set_rng_states,
+    steady_heap,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Trainer:
     ) -> None:
         self.cfg, self.run_dir, self.device = config, Path(run_dir), device
         self.dist = dist or Distributed()
+        steady_heap()  # each step's activations reused, not mapped and zeroed afresh
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(config.seed, config.trainer.deterministic)

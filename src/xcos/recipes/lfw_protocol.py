@@ -39,6 +39,7 @@ from xcos.evaluation.verification import held_out_accuracy, kfold_accuracy
 from xcos.io_utils import atomic_save_json
 from xcos.models.xcos_model import XCosModel, build_model
 from xcos.progress import progress
+from xcos.runtime import steady_heap
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def run_lfw_protocol(
             "data.train.type: the LFW protocol trains on LFW people; expected "
             f"'lfw_people_pairs', got {train.get('type')!r}"
         )
+    steady_heap()  # the dlib pass and the scoring reuse freed buffers (the heads: Trainer)
     align = dict(train.get("align") or {})
     store = LFWFaceStore(lfw / "images", align, "data.train.align")
     model = build_model(config.model).to(device)
