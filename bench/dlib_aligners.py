@@ -17,10 +17,13 @@ embedded with the dlib port (``dlib_resnet``), and scored on the 10 official fol
 Diagnostics for the gap to dlib's published figures (99.38% with jitter, 99.13% without, per
 ``dnn_face_recognition_ex.cpp``): ``--cnn-misses`` aligns the images dlib's HOG detector
 missed with dlib's CNN detector instead and rescores; ``--jitters J`` averages the port's
-descriptors over J ``dlib.jitter_image`` copies of each dlib chip (dlib's example uses 100).
+descriptors over J ``dlib.jitter_image`` copies of each dlib chip (dlib's example uses 100);
+``--dlib-decoder`` runs dlib's pipeline once more on the images as dlib's own loader
+(``dlib.load_rgb_image``, its libjpeg) decodes them, where xcos decodes with Pillow, as dlib's
+example does (a pack of its own in the cache).
 
     python bench/dlib_aligners.py [--lfw ../shared/data/lfw] [--threads 1] [--cnn-misses]
-        [--jitters 10]
+        [--jitters 10] [--dlib-decoder]
         [--json out.json]
 """
 
@@ -84,10 +87,42 @@ class TimedAligner:
         }
 
 
+class DlibDecoded:
+    """An aligner fed the images as ``dlib.load_rgb_image`` decodes them (dlib's example's
+    loader) instead of xcos's Pillow decoding; its settings say so (a cache key of its own)."""
+
+    def __init__(self, aligner) -> None:
+        import dlib
+
+        self.aligner, self.load = aligner, dlib.load_rgb_image
+
+    @property
+    def stats(self):
+        return self.aligner.stats
+
+    def settings(self) -> dict:
+        return {**self.aligner.settings(), "decoder": "dlib.load_rgb_image"}
+
+    def align_batch(self, paths):
+        images = [self.load(str(path)) for path in paths]
+        return self.aligner.align_batch(images, [str(path) for path in paths])
+
+    def align(self, path):
+        return self.align_batch([path])[0]
+
+
+def aligner_named(name: str, extra: dict | None = None):
+    """``SETTINGS[name]`` (plus ``extra``) as an aligner; ``dlib_decoded``: dlib's pipeline on
+    images decoded by dlib."""
+    if name == "dlib_decoded":
+        return DlibDecoded(make_aligner({**SETTINGS["dlib"], **(extra or {})}, "bench.dlib"))
+    return make_aligner({**SETTINGS[name], **(extra or {})}, f"bench.{name}")
+
+
 def aligned(pairs: PairSet, name: str, pairs_txt: Path) -> tuple[PairSet, dict, Path]:
     """The pack of ``pairs`` aligned by aligner ``name`` (from the cache when there) and the
     record of its full alignment pass (made now when the sidecar is missing)."""
-    timed = TimedAligner(make_aligner(SETTINGS[name], f"bench.{name}"))
+    timed = TimedAligner(aligner_named(name))
     folder = cached_pack(pairs, timed, [pairs_txt])
     sidecar = cache_root() / "bench" / "dlib_aligners" / f"{folder.name}.json"
     if timed.images == 0 and not sidecar.is_file():  # pack cached by another run: time a pass
@@ -149,10 +184,12 @@ def line(label: str, result: dict) -> str:
     )
 
 
-def cnn_rescue(pairs: PairSet, record: dict) -> tuple[dict[int, np.ndarray], list[str]]:
+def cnn_rescue(
+    pairs: PairSet, record: dict, name: str = "dlib"
+) -> tuple[dict[int, np.ndarray], list[str]]:
     """Chips [3, 150, 150] by image index of the HOG misses that dlib's CNN detector finds,
-    and the images it misses too."""
-    aligner = make_aligner({**SETTINGS["dlib"], "detector": "cnn"}, "bench.cnn")
+    and the images it misses too (``name``: the dlib aligner, decoding as it does)."""
+    aligner = aligner_named(name, {"detector": "cnn"})
     index = {str(path): i for i, path in enumerate(pairs.images)}
     chips, missed = {}, []
     for path in record["no_face"]:
@@ -192,6 +229,19 @@ def report(name: str, pairs: PairSet, record: dict, descriptors: np.ndarray) -> 
     return {"images_per_s": rate, "no_face": misses, "all": full, "both_found": detected_only}
 
 
+def decoded_by_dlib(pairs: PairSet, lfw: Path, model: DlibResNet, cnn_misses: bool) -> dict:
+    """dlib's pipeline on images decoded by dlib's loader: the same figures as for "dlib"."""
+    pack, record, folder = aligned(pairs, "dlib_decoded", lfw / "pairs.txt")
+    descriptors = embed(model, pack.images)
+    result = report("dlib, dlib's decoder", pairs, record, descriptors) | {"pack": str(folder)}
+    if cnn_misses and record["no_face"]:
+        chips, missed = cnn_rescue(pairs, record, "dlib_decoded")
+        rescued = replaced(descriptors, chips, lambda faces: embed(model, faces))
+        result["cnn_on_misses"] = {"all": scores(rescued, pairs), "cnn_missed": missed}
+        print(line("dlib's decoder, CNN on misses", result["cnn_on_misses"]["all"]))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -202,6 +252,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--cnn-misses", action="store_true", help="CNN detector on HOG misses")
     parser.add_argument("--jitters", type=int, default=0, help="jittered copies per dlib chip")
+    parser.add_argument(
+        "--dlib-decoder", action="store_true", help="dlib's pipeline also on dlib-decoded images"
+    )
     parser.add_argument("--folds", type=int, nargs="+", help="only these folds (0-based)")
     parser.add_argument("--json", help="write every figure here")
     args = parser.parse_args()
@@ -240,6 +293,8 @@ def main() -> None:
             results["dlib_cnn_on_misses_jittered"] = {"all": scores(both, pairs)}
             label = f"dlib, CNN on misses, jitter x{args.jitters}"
             print(line(label, results["dlib_cnn_on_misses_jittered"]["all"]))
+    if args.dlib_decoder:
+        results["dlib_decoded"] = decoded_by_dlib(pairs, lfw, model, args.cnn_misses)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
