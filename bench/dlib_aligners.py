@@ -19,8 +19,8 @@ Diagnostics for the gap to dlib's published figures (99.38% with jitter, 99.13% 
 missed with dlib's CNN detector instead and rescores; ``--jitters J`` averages the port's
 descriptors over J ``dlib.jitter_image`` copies of each dlib chip (dlib's example uses 100);
 ``--dlib-decoder`` runs dlib's pipeline once more on the images as dlib's own loader
-(``dlib.load_rgb_image``, its libjpeg) decodes them, where xcos decodes with Pillow, as dlib's
-example does (a pack of its own in the cache).
+(``dlib.load_rgb_image``, its libjpeg) decodes them, as dlib's example does, where xcos decodes
+with Pillow (the dlib aligner's ``decoder`` setting; a pack of its own in the cache).
 
     python bench/dlib_aligners.py [--lfw ../shared/data/lfw] [--threads 1] [--cnn-misses]
         [--jitters 10] [--dlib-decoder]
@@ -52,6 +52,13 @@ from xcos.models.backbones.dlib_resnet import DlibResNet
 SETTINGS = {
     "mtcnn": {"template": "dlib", "image_size": 150, "select": "central", "no_face": "center_crop"},
     "dlib": {"aligner": "dlib", "select": "central", "no_face": "center_crop"},
+    # dlib's pipeline on images decoded by dlib's own loader, as its example reads them
+    "dlib_decoded": {
+        "aligner": "dlib",
+        "select": "central",
+        "no_face": "center_crop",
+        "decoder": "dlib",
+    },
 }
 
 
@@ -87,35 +94,8 @@ class TimedAligner:
         }
 
 
-class DlibDecoded:
-    """An aligner fed the images as ``dlib.load_rgb_image`` decodes them (dlib's example's
-    loader) instead of xcos's Pillow decoding; its settings say so (a cache key of its own)."""
-
-    def __init__(self, aligner) -> None:
-        import dlib
-
-        self.aligner, self.load = aligner, dlib.load_rgb_image
-
-    @property
-    def stats(self):
-        return self.aligner.stats
-
-    def settings(self) -> dict:
-        return {**self.aligner.settings(), "decoder": "dlib.load_rgb_image"}
-
-    def align_batch(self, paths):
-        images = [self.load(str(path)) for path in paths]
-        return self.aligner.align_batch(images, [str(path) for path in paths])
-
-    def align(self, path):
-        return self.align_batch([path])[0]
-
-
 def aligner_named(name: str, extra: dict | None = None):
-    """``SETTINGS[name]`` (plus ``extra``) as an aligner; ``dlib_decoded``: dlib's pipeline on
-    images decoded by dlib."""
-    if name == "dlib_decoded":
-        return DlibDecoded(make_aligner({**SETTINGS["dlib"], **(extra or {})}, "bench.dlib"))
+    """``SETTINGS[name]`` (plus ``extra``) as an aligner."""
     return make_aligner({**SETTINGS[name], **(extra or {})}, f"bench.{name}")
 
 
@@ -269,7 +249,7 @@ def main() -> None:
         f"{len(np.unique(pairs.folds))} folds; dlib port, {args.threads} torch thread(s)"
     )
     results, descriptors, packs, records = {}, {}, {}, {}
-    for name in SETTINGS:
+    for name in ("mtcnn", "dlib"):
         packs[name], records[name], folder = aligned(pairs, name, lfw / "pairs.txt")
         descriptors[name] = embed(model, packs[name].images)
         results[name] = report(name, pairs, records[name], descriptors[name])

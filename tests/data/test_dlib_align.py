@@ -13,7 +13,7 @@ from PIL import Image
 from tests.conftest import require_module, require_shared
 from xcos.cli import main
 from xcos.data.aligners import make_aligner
-from xcos.errors import ConfigError, NoFaceError, SetupError
+from xcos.errors import BadImageError, ConfigError, NoFaceError, SetupError
 
 pytestmark = pytest.mark.slow  # dlib's detector and shape predictor on real LFW photos
 
@@ -65,6 +65,26 @@ def test_chips_equal_dlibs_own_get_face_chip(dlib, images, aligner, relative):
     # it leads to differs as little
     theirs = example_chip(dlib, dlib.load_rgb_image(str(path))).astype(int)
     assert np.abs(aligned.face.astype(int) - theirs).mean() < 2.0  # measured: 0.32, 1.28
+
+
+def test_dlib_decoder_gives_dlibs_example_chip_exactly(dlib, images, aligner):
+    from xcos.data.dlib_align import DlibAligner
+
+    dlib_decoded = DlibAligner(decoder="dlib")
+    path = images / PLAIN
+    theirs = dlib.load_rgb_image(str(path))
+    assert np.array_equal(dlib_decoded.load(path).rgb, theirs)
+    assert not np.array_equal(aligner.load(path).rgb, theirs)  # Pillow's pixels differ
+    # dlib's example end to end: its loader, detector, shape predictor and chip
+    assert np.array_equal(dlib_decoded.align(path).face, example_chip(dlib, theirs))
+    # a pack made with dlib's decoder is keyed apart; the default keeps earlier packs' keys
+    assert dlib_decoded.settings()["decoder"] == "dlib" and "decoder" not in aligner.settings()
+    with pytest.raises(TypeError, match="decoder 'dlib' reads image files"):
+        dlib_decoded.align(theirs)
+    with pytest.raises(BadImageError, match="no such file"):
+        dlib_decoded.align(images / "Nobody" / "Nobody_0001.jpg")
+    with pytest.raises(ConfigError, match="decoder"):
+        make_aligner({"aligner": "dlib", "decoder": "libjpeg"}, "test.align")
 
 
 def test_matrix_maps_the_source_onto_the_chip(aligner, images):

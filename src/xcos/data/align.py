@@ -335,7 +335,11 @@ def load_face_image(
     image: ImageInput, max_pixels: int, name: str = "", pixel_limit: int | None = None
 ) -> LoadedImage:
     """``load_bounded_rgb``, refusing images too small to hold a face (a DataError naming it)."""
-    loaded = load_bounded_rgb(image, max_pixels, name, pixel_limit)
+    return big_enough_for_a_face(load_bounded_rgb(image, max_pixels, name, pixel_limit))
+
+
+def big_enough_for_a_face(loaded: LoadedImage) -> LoadedImage:
+    """``loaded``, or a DataError naming it when a side is under ``MIN_IMAGE_SIDE`` pixels."""
     height, width = loaded.rgb.shape[:2]
     if min(height, width) < MIN_IMAGE_SIDE:
         raise DataError(
