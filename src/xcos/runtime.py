@@ -123,8 +123,8 @@ def release_free_memory() -> None:
 
 
 def steady_heap() -> None:
-    """Fixed heap thresholds for a process's steady work (``AFTER_MMAP_THRESHOLD``,
-    ``AFTER_TRIM_THRESHOLD``; glibc only): freed blocks of up to 32 MB are reused and the
+    """Fixed heap thresholds for a process's steady work (``STEADY_MMAP_THRESHOLD``,
+    ``STEADY_TRIM_THRESHOLD``; glibc only): freed blocks of up to 32 MB are reused and the
     heap keeps up to 64 MB free. glibc's sliding defaults trim the heap's top once more than
     twice the largest freed block is free, which a training step's activations, freed at its
     end, exceed every step: the next step's pages are mapped and zeroed again. One head of
@@ -133,8 +133,8 @@ def steady_heap() -> None:
     (doc/performance.md). Setting them is idempotent."""
     libc = _glibc()
     if libc is not None:
-        libc.mallopt(M_MMAP_THRESHOLD, AFTER_MMAP_THRESHOLD)
-        libc.mallopt(M_TRIM_THRESHOLD, AFTER_TRIM_THRESHOLD)
+        libc.mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD)
 
 
 @contextlib.contextmanager
@@ -142,10 +142,9 @@ def freed_memory_reused() -> Iterator[None]:
     """Within: the C heap keeps and reuses freed blocks of up to 256 MB (glibc's ``mallopt``;
     elsewhere nothing). By default glibc maps each large block afresh and unmaps it when
     freed, and the kernel zeroes every page again: MTCNN's per-batch buffers made that 40%
-    of alignment's CPU time, as system time. On leaving: lower thresholds
-    (``AFTER_MMAP_THRESHOLD``, ``AFTER_TRIM_THRESHOLD``) and the free memory handed back, so
-    that the blocks kept for the step do not stay with the process and hold the later
-    stages' memory up (doc/performance.md)."""
+    of alignment's CPU time, as system time. On leaving: the steady thresholds
+    (``steady_heap``) and the free memory handed back, so that the blocks kept for the step
+    do not stay with the process and hold the later stages' memory up (doc/performance.md)."""
     libc = _glibc()
     if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, 256 << 20)
@@ -159,7 +158,8 @@ def freed_memory_reused() -> Iterator[None]:
 
 #: glibc's ``mallopt`` parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-#: After a step: blocks over 32 MB mapped on their own (the most glibc's own sliding threshold
-#: reaches), the heap trimmed above 64 MB free. glibc's defaults (128 kB) would map and zero
-#: every activation of a backbone pass afresh: a dlib pass over LFW's faces took 2.5x longer.
-AFTER_MMAP_THRESHOLD, AFTER_TRIM_THRESHOLD = 32 << 20, 64 << 20
+#: Steady work (``steady_heap``, and after a ``freed_memory_reused`` step): blocks over 32 MB
+#: mapped on their own (the most glibc's own sliding threshold reaches), the heap trimmed
+#: above 64 MB free. glibc's defaults (128 kB) would map and zero every activation of a
+#: backbone pass afresh: a dlib pass over LFW's faces took 2.5x longer.
+STEADY_MMAP_THRESHOLD, STEADY_TRIM_THRESHOLD = 32 << 20, 64 << 20

@@ -349,6 +349,6 @@ def test_trainer_fixes_the_heap_thresholds_before_any_pass(tiny_config, tmp_path
     monkeypatch.setattr(runtime, "_glibc", lambda: libc)
     Trainer(tiny_config(), tmp_path / "run", CPU)
     assert libc.calls[:2] == [
-        ("mallopt", runtime.M_MMAP_THRESHOLD, runtime.AFTER_MMAP_THRESHOLD),
-        ("mallopt", runtime.M_TRIM_THRESHOLD, runtime.AFTER_TRIM_THRESHOLD),
+        ("mallopt", runtime.M_MMAP_THRESHOLD, runtime.STEADY_MMAP_THRESHOLD),
+        ("mallopt", runtime.M_TRIM_THRESHOLD, runtime.STEADY_TRIM_THRESHOLD),
     ]
